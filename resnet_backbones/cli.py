@@ -1,0 +1,24 @@
+"""Shared command-line plumbing: one clear message and a non-zero exit for bad input."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, Tuple, Type
+
+#: Errors that mean "bad input": shown as one line, no traceback.
+USER_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+
+def exits_cleanly(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a tool's ``main`` so that a bad input prints ``error: ...`` and returns 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as e:
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+
+    return wrapper

@@ -1,0 +1,62 @@
+"""Config keys this package adds to Detectron2's, with their defaults.
+
+Detectron2's own keys (``MODEL.RESNETS.DEPTH``, ``NORM``, ``NUM_GROUPS``, ``WIDTH_PER_GROUP``,
+``STRIDE_IN_1X1``, ``RES2_OUT_CHANNELS``, ``STEM_OUT_CHANNELS``, ``RES5_DILATION``,
+``OUT_FEATURES``, ``MODEL.BACKBONE.FREEZE_AT``, ``MODEL.FPN.*``) keep their meaning; the keys
+below only add to them, and their defaults leave Detectron2's behaviour unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from detectron2.config import CfgNode as CN
+
+#: full key -> default
+NEW_KEYS: Dict[str, Any] = {}
+
+
+def add_resnet_backbones_config(cfg: CN) -> CN:
+    """Add every key of this package to ``cfg`` (in place) with its default; returns ``cfg``."""
+    for key, default in NEW_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            if part not in node:
+                node[part] = CN()
+            node = node[part]
+        if leaf not in node:
+            node[leaf] = default
+    return cfg
+
+
+def get_default_config() -> CN:
+    """Detectron2's defaults with this package's keys added; ``MODEL.DEVICE`` is ``cpu`` without CUDA."""
+    import torch
+    from detectron2.config import get_cfg
+
+    cfg = add_resnet_backbones_config(get_cfg())
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def load_config(config_file: str, overrides: Optional[List[str]] = None) -> CN:
+    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` overrides.
+
+    Unknown keys or a missing file raise ``ValueError`` naming the file or key.
+    """
+    path = Path(config_file)
+    if not path.is_file():
+        raise ValueError(f"{config_file}: no such config file")
+    cfg = get_default_config()
+    try:
+        cfg.merge_from_file(str(path))
+    except KeyError as e:
+        raise ValueError(f"{config_file}: {e.args[0] if e.args else e}") from None
+    if overrides:
+        try:
+            cfg.merge_from_list(list(overrides))
+        except (KeyError, AssertionError, ValueError) as e:
+            raise ValueError(f"command-line overrides {overrides}: {e.args[0] if e.args else e}") from None
+    return cfg

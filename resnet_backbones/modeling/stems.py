@@ -1,0 +1,47 @@
+"""Stems: the layers before res2, bringing the image to stride 4."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase
+
+from .layers import NormSpec, conv_norm
+
+STEM_TYPES = ("basic", "deep")
+
+
+class Stem(CNNBlockBase):
+    """A stride-2 convolution stage followed by a 3x3 stride-2 max pool (total stride 4).
+
+    ``stem_type="basic"``: one 7x7 convolution (the paper, Detectron2, torchvision).
+    ``stem_type="deep"``: three 3x3 convolutions, the first with stride 2, the inner ones
+    ``deep_width`` wide (ResNet-C; timm's ``stem_type='deep'``, Detectron2's DeepLab stem).
+    Convolutions are named ``conv1``, ``conv2``, ``conv3`` so that Detectron2 and DeepLab
+    checkpoints load unchanged.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 64,
+        *,
+        norm: NormSpec = "BN",
+        stem_type: str = "basic",
+        deep_width: int = 32,
+    ):
+        super().__init__(in_channels, out_channels, stride=4)
+        if stem_type not in STEM_TYPES:
+            raise ValueError(f"stem_type={stem_type!r}: expected one of {STEM_TYPES}")
+        self.stem_type = stem_type
+        if stem_type == "basic":
+            self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=norm)
+            self._conv_names = ("conv1",)
+        else:
+            self.conv1 = conv_norm(in_channels, deep_width, 3, stride=2, norm=norm)
+            self.conv2 = conv_norm(deep_width, deep_width, 3, norm=norm)
+            self.conv3 = conv_norm(deep_width, out_channels, 3, norm=norm)
+            self._conv_names = ("conv1", "conv2", "conv3")
+
+    def forward(self, x):
+        for name in self._conv_names:
+            x = F.relu_(getattr(self, name)(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)

@@ -1,0 +1,116 @@
+"""Loading weights into a detector with a strict, readable report.
+
+:class:`BackboneCheckpointer` is Detectron2's ``DetectionCheckpointer`` with three changes:
+``.pkl`` files are read without unpickling arbitrary objects; a backbone parameter the file
+does not provide (or provides with another shape) is an error listing every such key instead
+of a log line; and the input convention recorded by ``convert_weights`` is compared with the
+config's, warning when they differ.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Dict, List, Optional
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .convert import METADATA_KEY
+from .io import WeightsError, load_weights_file
+
+logger = logging.getLogger(__name__)
+
+#: Parameter prefixes that belong to the ResNet body inside Detectron2's detectors.
+BODY_PREFIXES = ("backbone.bottom_up.stem.", "backbone.bottom_up.res", "backbone.stem.", "backbone.res",
+                 "roi_heads.res5.")
+
+
+def _is_body_key(key: str) -> bool:
+    return key.startswith(BODY_PREFIXES) and not key.endswith("num_batches_tracked")
+
+
+class ConventionMismatchWarning(UserWarning):
+    """The weights were trained with another input convention than the config feeds them."""
+
+
+def convention_mismatches(recorded: Dict[str, Any], cfg) -> List[str]:
+    """Differences between a recorded input convention and ``cfg``'s, one readable line each."""
+    if not recorded:
+        return []
+    pairs = [
+        ("INPUT.FORMAT", recorded["input_format"], cfg.INPUT.FORMAT),
+        ("MODEL.PIXEL_MEAN", list(recorded["pixel_mean"]), list(cfg.MODEL.PIXEL_MEAN)),
+        ("MODEL.PIXEL_STD", list(recorded["pixel_std"]), list(cfg.MODEL.PIXEL_STD)),
+        ("MODEL.RESNETS.STRIDE_IN_1X1", recorded["stride_in_1x1"], cfg.MODEL.RESNETS.STRIDE_IN_1X1),
+    ]
+    lines = []
+    for key, theirs, ours in pairs:
+        same = (all(abs(a - b) < 1e-3 for a, b in zip(theirs, ours)) and len(theirs) == len(ours)
+                if isinstance(theirs, list) else theirs == ours)
+        if not same:
+            lines.append(f"{key}: the weights expect {theirs}, the config has {ours}")
+    return lines
+
+
+class BackboneCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that refuses to leave backbone parameters silently uninitialised.
+
+    Args:
+        cfg: when given, the input convention recorded in converted weights is checked against
+            ``cfg.INPUT.FORMAT``, ``MODEL.PIXEL_MEAN/STD`` and ``MODEL.RESNETS.STRIDE_IN_1X1``.
+        strict_backbone: raise :class:`WeightsError` when the file leaves backbone parameters
+            missing or mis-shaped (on by default; resuming a full checkpoint is unaffected).
+        allow_unsafe_pickle: read ``.pkl``/``.pth`` files holding arbitrary objects.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, cfg=None, strict_backbone: bool = True,
+                 allow_unsafe_pickle: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.cfg = cfg
+        self.strict_backbone = strict_backbone
+        self.allow_unsafe_pickle = allow_unsafe_pickle
+        self._loading: Optional[str] = None
+
+    def load(self, path: str, *args, **kwargs):
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if not filename.endswith((".pkl", ".pth", ".pt")):
+            return super()._load_file(filename)
+        data = load_weights_file(self.path_manager.get_local_path(filename),
+                                 allow_unsafe_pickle=self.allow_unsafe_pickle)
+        if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
+            # Caffe2 / Detectron1 model zoo layout, as Detectron2 reads it
+            blobs = data.get("blobs", data)
+            data = {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+                    "__author__": "Caffe2", "matching_heuristics": True}
+        if "model" not in data:
+            data = {"model": data}
+        # as detectron2's main branch does for .pth: exact names pass through unchanged,
+        # backbone-relative ones (res2.0...) find their place under backbone.bottom_up
+        data.setdefault("matching_heuristics", True)
+        if self.cfg is not None:
+            for line in convention_mismatches(data.get(METADATA_KEY, {}).get("convention"), self.cfg):
+                warnings.warn(f"{filename}: {line}", ConventionMismatchWarning, stacklevel=2)
+        return data
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is None or not self.strict_backbone:
+            return incompatible
+        missing = sorted(k for k in incompatible.missing_keys if _is_body_key(k))
+        wrong = sorted(f"{k}: {tuple(a)} in the file, {tuple(b)} in the model"
+                       for k, a, b in incompatible.incorrect_shapes if _is_body_key(k))
+        if missing or wrong:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} backbone parameters missing from the file: " + ", ".join(missing))
+            if wrong:
+                parts.append(f"{len(wrong)} backbone parameters with another shape: " + "; ".join(wrong))
+            raise WeightsError(f"{self._loading}: does not fit the model's backbone "
+                               "(check MODEL.RESNETS.* against the weights, or convert them with "
+                               "tools/convert_weights.py):\n" + "\n".join(parts))
+        return incompatible

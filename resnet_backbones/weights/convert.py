@@ -1,0 +1,246 @@
+"""Conversion of ResNet weights from any supported family into a Detectron2-loadable file.
+
+``convert_weights`` reads a file safely, detects its family, renames its keys, infers the
+architecture the weights describe, checks every key and shape against that architecture built
+by this package, and writes ``{"model": ..., "__author__": ..., "matching_heuristics": True,
+"resnet_backbones": {input convention and config keys}}``, the format Detectron2's
+``DetectionCheckpointer`` reads through ``MODEL.WEIGHTS``.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..modeling.arch import DEPTHS, ConfigError, ResNetArch
+from .io import PathLike, WeightsError, atomic_output, load_weights_file, to_numpy_state_dict, to_tensor_state_dict
+from .naming import SOURCES, body_key, detect_source, rename_state_dict
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How images must be fed to the weights: channel order, normalisation, stride placement."""
+
+    input_format: str
+    pixel_mean: Tuple[float, float, float]
+    pixel_std: Tuple[float, float, float]
+    stride_in_1x1: bool
+
+    def config_items(self) -> List[Tuple[str, Any]]:
+        return [("INPUT.FORMAT", self.input_format), ("MODEL.PIXEL_MEAN", list(self.pixel_mean)),
+                ("MODEL.PIXEL_STD", list(self.pixel_std)), ("MODEL.RESNETS.STRIDE_IN_1X1", self.stride_in_1x1)]
+
+
+#: ImageNet statistics in 0-255 RGB, as torchvision and timm normalise.
+TORCHVISION_CONVENTION = InputConvention("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False)
+#: MSRA/Caffe2 weights: BGR, mean subtraction only, stride in the 1x1.
+MSRA_CONVENTION = InputConvention("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), True)
+DEFAULT_CONVENTIONS = {"torchvision": TORCHVISION_CONVENTION, "timm": TORCHVISION_CONVENTION,
+                       "caffe2": MSRA_CONVENTION, "detectron2": MSRA_CONVENTION}
+
+METADATA_KEY = "resnet_backbones"
+
+
+@dataclass
+class ConversionReport:
+    source: str
+    arch: ResNetArch
+    convention: InputConvention
+    num_tensors: int
+    dropped: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def config_items(self) -> List[Tuple[str, Any]]:
+        items = dict(self.arch.config_items())
+        items.update(self.convention.config_items())
+        # choices of the detector, not facts of the weights (GN weights do need GN)
+        choices = ["MODEL.RESNETS.OUT_FEATURES", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.RES5_DILATION"]
+        if self.arch.norm != "GN":
+            choices.append("MODEL.RESNETS.NORM")
+        for key in choices:
+            items.pop(key)
+        return list(items.items())
+
+    def format(self, output: Optional[PathLike] = None) -> str:
+        lines = [f"source format: {self.source}; {self.num_tensors} tensors written"]
+        counters = [k for k in self.dropped if k.endswith("num_batches_tracked")]
+        others = [k for k in self.dropped if k not in counters]
+        if counters:
+            lines.append(f"dropped {len(counters)} BatchNorm step counters (num_batches_tracked)")
+        if others:
+            lines.append(f"dropped on purpose ({len(others)}): " + _abbreviate(others))
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append("config keys to set (YAML):")
+        if output is not None:
+            lines.append(f"  MODEL.WEIGHTS: {output}")
+        lines += [f"  {k}: {v}" for k, v in self.config_items()]
+        return "\n".join(lines)
+
+
+def _abbreviate(keys: List[str], limit: int = 6) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+# --------------------------------------------------------------------------- inference
+def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool) -> ResNetArch:
+    """The :class:`ResNetArch` whose body has exactly the keys and shapes of ``state_dict``.
+
+    ``state_dict`` uses Detectron2 names, optionally with detector prefixes. Stride placement
+    leaves no trace in the weights, so it is given.
+    """
+    body = {bk: v for k, v in state_dict.items() if (bk := body_key(k)) is not None}
+    if "stem.conv1.weight" not in body:
+        raise WeightsError("no stem convolution (stem.conv1.weight): not a ResNet state dict")
+    blocks = defaultdict(set)
+    for key in body:
+        m = re.match(r"res([2-5])\.(\d+)\.", key)
+        if m:
+            blocks[int(m.group(1))].add(int(m.group(2)))
+    counts = tuple(len(blocks[s]) for s in (2, 3, 4, 5) if blocks[s])
+    block_type = "bottleneck" if "res2.0.conv3.weight" in body else "basic"
+    depths = [d for d, (t, n) in DEPTHS.items() if t == block_type and n[: len(counts)] == counts]
+    if not depths:
+        raise WeightsError(f"{block_type} blocks per stage {counts} match no known depth {sorted(DEPTHS)}")
+
+    stem_out = body["stem.conv3.weight" if "stem.conv3.weight" in body else "stem.conv1.weight"].shape[0]
+    last_conv = "conv3" if block_type == "bottleneck" else "conv2"
+    conv2 = body["res2.0.conv2.weight"]
+    width, in_group = conv2.shape[0], conv2.shape[1]
+    num_groups = width // in_group if block_type == "bottleneck" else 1
+    has_norm = "stem.conv1.norm.weight" in body
+    return ResNetArch(
+        depth=depths[0],
+        out_features=tuple(f"res{s}" for s in range(2, 2 + len(counts))),
+        norm=("FrozenBN" if "stem.conv1.norm.running_var" in body else "GN") if has_norm else "",
+        num_groups=num_groups,
+        width_per_group=width // num_groups if block_type == "bottleneck" else 64,
+        stride_in_1x1=stride_in_1x1,
+        stem_out_channels=stem_out,
+        res2_out_channels=body[f"res2.0.{last_conv}.weight"].shape[0],
+        freeze_at=0,
+        in_channels=body["stem.conv1.weight"].shape[1],
+    ).validated()
+
+
+def check_against_arch(state_dict: Dict[str, Any], arch: ResNetArch) -> None:
+    """Raise listing every body key of ``state_dict`` that ``arch`` lacks, misses or shapes differently."""
+    from ..modeling.resnet import ResNet
+
+    expected = {k: v.shape for k, v in ResNet.from_arch(arch).state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+    given = {bk: tuple(v.shape) for k, v in state_dict.items() if (bk := body_key(k)) is not None}
+    unplaced = sorted(set(given) - set(expected))
+    missing = sorted(set(expected) - set(given))
+    wrong = sorted(f"{k}: {given[k]} in the file, {tuple(expected[k])} in the model"
+                   for k in set(given) & set(expected) if tuple(expected[k]) != given[k])
+    problems = []
+    if unplaced:
+        problems.append(f"{len(unplaced)} keys with no place in the model: " + ", ".join(unplaced))
+    if missing:
+        problems.append(f"{len(missing)} model keys missing from the file: " + ", ".join(missing))
+    if wrong:
+        problems.append(f"{len(wrong)} keys whose shape does not fit: " + "; ".join(wrong))
+    if problems:
+        raise WeightsError("\n".join(problems))
+
+
+# --------------------------------------------------------------------------- conversion
+def split_checkpoint(obj: Any, path: PathLike) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(state_dict, metadata)`` from the containers the families use."""
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
+    metadata = {k: v for k, v in obj.items() if k.startswith("__") or k in (METADATA_KEY, "matching_heuristics")}
+    for container in ("model", "state_dict", "blobs"):
+        if isinstance(obj.get(container), dict):
+            return obj[container], metadata
+    return {k: v for k, v in obj.items() if k not in metadata}, metadata
+
+
+def convert_state_dict(
+    state_dict: Dict[str, Any],
+    source: Optional[str] = None,
+    *,
+    convention: Optional[InputConvention] = None,
+    arch: Optional[ResNetArch] = None,
+    metadata: Optional[Dict[str, Any]] = None,
+    path: PathLike = "<state dict>",
+) -> Tuple[Dict[str, Any], ConversionReport]:
+    """Rename and check ``state_dict``; returns Detectron2-named tensors and the report."""
+    detected = detect_source(state_dict.keys())
+    source = source or detected
+    if source is None:
+        raise WeightsError(f"{path}: cannot tell which family these weights come from (first keys: "
+                           f"{_abbreviate(sorted(state_dict))}); pass --source, one of {SOURCES}")
+    renamed, dropped, unplaced = rename_state_dict(state_dict, source)
+    if unplaced:
+        raise WeightsError(f"{path}: {len(unplaced)} keys have no place in a {source} ResNet: "
+                           + ", ".join(unplaced))
+    renamed = to_tensor_state_dict(renamed)
+    recorded = (metadata or {}).get(METADATA_KEY, {}).get("convention")
+    convention = convention or (InputConvention(**recorded) if recorded else DEFAULT_CONVENTIONS[source])
+    notes = []
+    if source == "detectron2" and not recorded:
+        notes.append("Detectron2 checkpoints do not record their input convention; assumed MSRA's "
+                     "(BGR, stride in 1x1). Most model-zoo weights use it; X-101-32x8d uses "
+                     "STRIDE_IN_1X1: False and RGB torchvision statistics.")
+    try:
+        inferred = infer_arch(renamed, convention.stride_in_1x1)
+    except ConfigError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    target = arch or inferred
+    try:
+        check_against_arch(renamed, target)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: does not fit the architecture "
+                           f"{dict(target.config_items())}:\n{e}") from None
+    report = ConversionReport(source, target, convention, len(renamed), dropped, notes)
+    return renamed, report
+
+
+def convert_weights(
+    input_path: PathLike,
+    output_path: PathLike,
+    *,
+    source: Optional[str] = None,
+    convention: Optional[InputConvention] = None,
+    arch: Optional[ResNetArch] = None,
+    allow_unsafe_pickle: bool = False,
+) -> ConversionReport:
+    """Convert the weights in ``input_path`` and write them to ``output_path`` (``.pth`` or ``.pkl``).
+
+    Raises :class:`WeightsError` naming every key that cannot be placed or whose shape does not
+    fit; nothing is written then. The output appears atomically.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix not in (".pth", ".pkl"):
+        raise WeightsError(f"{output_path}: the output must end in .pth or .pkl "
+                           "(the formats DetectionCheckpointer reads)")
+    if source is not None and source not in SOURCES:
+        raise WeightsError(f"--source {source!r}: expected one of {SOURCES}")
+    obj = load_weights_file(input_path, allow_unsafe_pickle=allow_unsafe_pickle)
+    state_dict, metadata = split_checkpoint(obj, input_path)
+    renamed, report = convert_state_dict(state_dict, source, convention=convention, arch=arch,
+                                         metadata=metadata, path=input_path)
+    save_detectron2_weights(renamed, output_path, report)
+    return report
+
+
+def save_detectron2_weights(state_dict: Dict[str, Any], output_path: PathLike, report: ConversionReport) -> None:
+    payload = {
+        "__author__": f"resnet_backbones (from {report.source})",
+        # suffix matching places res2.* under backbone.bottom_up.* (FPN) or roi_heads.res5 (C4)
+        "matching_heuristics": True,
+        METADATA_KEY: {"source": report.source, "convention": asdict(report.convention),
+                       "config": dict(report.config_items())},
+    }
+    output_path = Path(output_path)
+    with atomic_output(output_path) as f:
+        if output_path.suffix == ".pkl":
+            pickle.dump({**payload, "model": to_numpy_state_dict(state_dict)}, f)
+        else:
+            torch.save({**payload, "model": {k: v.contiguous() for k, v in state_dict.items()}}, f)

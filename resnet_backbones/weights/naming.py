@@ -1,0 +1,118 @@
+"""Which family a state dict comes from, and how its names map onto Detectron2's.
+
+Detectron2's names (``stem.conv1.weight``, ``res2.0.conv1.norm.weight``, ``res2.0.shortcut``)
+are this package's names too; every other family is translated here and nowhere else.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Iterable, List, Optional, Tuple
+
+SOURCES = ("torchvision", "timm", "detectron2", "caffe2")
+
+_NORM_SUFFIXES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+
+def detect_source(keys: Iterable[str]) -> Optional[str]:
+    """The family of a state dict from its key names, or None when nothing fits."""
+    keys = list(keys)
+    if any(re.match(r"layer[1-4]\.\d+\.", k) for k in keys):
+        timm_only = ("conv1.0.weight" in keys
+                     or any(re.search(r"\.(se|downsample\.2)\.", k) or k.endswith("downsample.2.weight")
+                            for k in keys))
+        return "timm" if timm_only else "torchvision"
+    if any(re.search(r"(^|\.)(stem\.conv1|res[2-5]\.\d+\.conv1)\.", k) for k in keys):
+        return "detectron2"
+    if any(re.match(r"res[2-5]_\d+_branch2a_w$", k) or k == "conv1_w" for k in keys):
+        return "caffe2"
+    return None
+
+
+def _torchvision_rules(deep_stem: bool, avg_down: bool) -> List[Tuple[str, str]]:
+    stem_norm = "stem.conv3.norm" if deep_stem else "stem.conv1.norm"
+    # the projection shortcut is (conv, bn) in torchvision, (avgpool, conv, bn) with timm's avg_down
+    shortcut_conv, shortcut_norm = (1, 2) if avg_down else (0, 1)
+    return [
+        # deep stem (timm): conv1 is a Sequential of conv, bn, act, conv, bn, act, conv
+        (r"^conv1\.0\.weight$", "stem.conv1.weight"),
+        (rf"^conv1\.1\.{_NORM_SUFFIXES}$", r"stem.conv1.norm.\1"),
+        (r"^conv1\.3\.weight$", "stem.conv2.weight"),
+        (rf"^conv1\.4\.{_NORM_SUFFIXES}$", r"stem.conv2.norm.\1"),
+        (r"^conv1\.6\.weight$", "stem.conv3.weight"),
+        (r"^conv1\.weight$", "stem.conv1.weight"),
+        (rf"^bn1\.{_NORM_SUFFIXES}$", stem_norm + r".\1"),
+        (r"^layer([1-4])\.(\d+)\.conv(\d)\.weight$", r"res<\1>.\2.conv\3.weight"),
+        (rf"^layer([1-4])\.(\d+)\.bn(\d)\.{_NORM_SUFFIXES}$", r"res<\1>.\2.conv\3.norm.\4"),
+        (rf"^layer([1-4])\.(\d+)\.downsample\.{shortcut_conv}\.weight$", r"res<\1>.\2.shortcut.weight"),
+        (rf"^layer([1-4])\.(\d+)\.downsample\.{shortcut_norm}\.{_NORM_SUFFIXES}$", r"res<\1>.\2.shortcut.norm.\3"),
+        # squeeze-and-excitation (timm): fc1/fc2 are 1x1 convolutions with bias
+        (r"^layer([1-4])\.(\d+)\.se\.fc([12])\.(weight|bias)$", r"res<\1>.\2.se.fc\3.\4"),
+    ]
+
+
+def _rename(key: str, rules: List[Tuple[str, str]]) -> Optional[str]:
+    for pattern, replacement in rules:
+        if re.match(pattern, key):
+            new = re.sub(pattern, replacement, key)
+            # torchvision's layer1..layer4 are Detectron2's res2..res5
+            return re.sub(r"res<(\d)>", lambda m: f"res{int(m.group(1)) + 1}", new)
+    return None
+
+
+CLASSIFIER_PREFIXES = ("fc.", "linear.", "head.", "classifier.")
+
+
+def rename_state_dict(state_dict: Dict, source: str) -> Tuple[Dict, List[str], List[str]]:
+    """Translate ``state_dict`` to Detectron2 names.
+
+    Returns ``(renamed, dropped, unplaced)``: ``dropped`` are keys left out on purpose
+    (classifier head, BN's ``num_batches_tracked`` counters, Caffe2 momentum blobs),
+    ``unplaced`` are keys no rule knows, which callers treat as an error.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r}: expected one of {SOURCES}")
+    renamed, dropped, unplaced = {}, [], []
+    if source == "caffe2":
+        return _rename_caffe2(state_dict)
+    rules = _torchvision_rules(deep_stem="conv1.0.weight" in state_dict,
+                               avg_down=any(".downsample.2." in k for k in state_dict))
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked") or key.startswith(CLASSIFIER_PREFIXES):
+            dropped.append(key)
+            continue
+        if source == "detectron2":
+            renamed[key] = value
+            continue
+        new = _rename(key, rules)
+        if new is None:
+            unplaced.append(key)
+        else:
+            renamed[new] = value
+    return renamed, dropped, unplaced
+
+
+def _rename_caffe2(state_dict: Dict) -> Tuple[Dict, List[str], List[str]]:
+    # Detectron2 owns the Caffe2 naming scheme; use its translation rather than a copy of it.
+    from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
+
+    dropped = [k for k in state_dict if k.endswith("_momentum") or k.startswith(("pred_", "fc1000"))]
+    kept = {k: v for k, v in state_dict.items() if k not in dropped}
+    converted, original_names = convert_c2_detectron_names(kept)
+    renamed, unplaced = {}, []
+    for new, value in converted.items():
+        if re.match(r"^(stem\.|res[2-5]\.)", new):
+            renamed[new] = value
+        else:
+            unplaced.append(original_names[new])
+    return renamed, dropped, sorted(unplaced)
+
+
+BACKBONE_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
+
+
+def body_key(key: str) -> Optional[str]:
+    """``key`` relative to the ResNet body (Detectron2's detector prefixes removed), or None."""
+    for prefix in ("",) + BACKBONE_PREFIXES:
+        if key.startswith(prefix) and re.match(r"^(stem\.|res[2-5]\.)", key[len(prefix):]):
+            return key[len(prefix):]
+    return None

@@ -1,0 +1,31 @@
+import warnings
+
+import pytest
+import torch
+
+import resnet_backbones  # noqa: F401  (registers the builders, installs the detectron2 stand-ins)
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+
+@torch.no_grad()
+def randomize_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BN/FrozenBN layer random but tame statistics and affine parameters.
+
+    Default statistics (mean 0, var 1, weight 1, bias 0) would make a norm layer that drops out
+    of any comparison; these keep activations of order one through 50+ layers.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if hasattr(m, "running_var") and m.running_var is not None:
+            n = m.running_var.numel()
+            m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+            m.weight.copy_(torch.rand(n, generator=generator) * 0.3 + 0.2)
+            m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+    return module
+
+
+@pytest.fixture
+def image_batch():
+    return torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
