@@ -17,7 +17,6 @@ that shows in an image is annotated, and annotated by its visible part only.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any, Callable, Union
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from ..fileio import write_json_atomic
 
 __all__ = [
     "CATEGORIES",
@@ -473,16 +474,7 @@ def coco_split_paths(root: PathLike, split_name: str) -> tuple[Path, Path]:
 
 
 def _write_json_atomically(path: Path, data: Any) -> None:
-    # A reader never sees a half-written file, and an interrupted run leaves no valid-looking json.
-    # The temporary file is a sibling (same file system: the replace is atomic) opened normally,
-    # so that it gets the umask's permissions rather than mkstemp's private 0600.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_json_atomic(path, data, separators=(",", ":"))
 
 
 def _remove_stale_images(image_dir: Path, keep: set[str]) -> None:

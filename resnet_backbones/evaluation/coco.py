@@ -12,12 +12,9 @@ ARm, ARl.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import sys
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ..fileio import write_json_atomic
 from .backends import resolve_max_dets, run_coco_eval
 from .inputs import (
     AnnotationsSource,
@@ -180,27 +178,11 @@ def write_metrics_json(
     NaN is written as null (JSON has no NaN). The file appears complete or not at all: it is
     written under a temporary name in the same directory, then renamed over ``path``.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     payload = {
         task: {k: (None if math.isnan(v) else v) for k, v in m.items()}
         for task, m in metrics_by_task.items()
     }
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    # os.open with mode 0o666 lets the umask decide the permissions, as a plain open() would.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(payload, file, indent=2, allow_nan=False)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    write_json_atomic(path, payload, indent=2, allow_nan=False)
 
 
 def run_evaluate_coco(

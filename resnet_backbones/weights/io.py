@@ -7,16 +7,16 @@ plain containers.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_output  # noqa: F401  (re-exported)
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,24 +86,6 @@ def load_weights_file(path: PathLike, *, allow_unsafe_pickle: bool = False) -> A
         ) from None
     except Exception as e:
         raise WeightsError(f"{path}: not a readable PyTorch file ({e})") from None
-
-
-@contextlib.contextmanager
-def atomic_output(path: PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def to_numpy_state_dict(state_dict: dict) -> dict:
