@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -194,6 +195,20 @@ def test_occluders_that_would_punch_a_hole_or_hide_too_much_are_refused():
     assert (label_map.labels == before).all()  # refused occluders leave no trace
     assert label_map.try_add(**disc((104, 64), 15))  # across the edge: fine
     assert 0.5 <= label_map.objects[0].visible_area / label_map.objects[0].full_area < 1
+
+
+def test_category_colours_give_each_category_its_own_hue(tmp_path: Path):
+    style = SceneStyle(category_colours=True, background_contrast=(0.0, 0.0))
+    shapes = _load_coco(generate_coco_dataset(tmp_path, 6, seed=0, style=style))
+    for annotation in shapes.loadAnns(shapes.getAnnIds()):
+        bgr = cv2.imread(str(tmp_path / "train" / shapes.imgs[annotation["image_id"]]["file_name"]))
+        # Away from the anti-aliased outline, the pixels are the object's own colour.
+        inside = cv2.erode(shapes.annToMask(annotation), np.ones((5, 5), np.uint8)).astype(bool)
+        if inside.sum() < 10:
+            continue
+        hue = np.median(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV_FULL)[..., 0][inside]) / 256.0
+        offset = abs(hue - (annotation["category_id"] - 1) / len(CATEGORIES))
+        assert min(offset, 1.0 - offset) < 0.08
 
 
 # ---- registration --------------------------------------------------------------------------------
