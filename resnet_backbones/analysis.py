@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from math import prod
 from typing import Dict, List
 
 import torch
 from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from .modeling.arch import FEATURE_NAMES
@@ -19,6 +21,13 @@ class StageCount:
     macs: int  # multiply-adds, as fvcore counts "flops" (one per fused multiply-add)
 
 
+def _deform_conv_macs(inputs, outputs) -> int:
+    # torchvision::deform_conv2d(input, weight, offset, mask, bias, ...): counted as the dense
+    # convolution it deforms; the bilinear sampling of the input is left out, as pooling is
+    weight, out = get_shape(inputs[1]), get_shape(outputs[0])
+    return prod(out) * prod(weight[1:])
+
+
 def _stage_prefixes(model: nn.Module) -> Dict[str, str]:
     """Our stage names -> module path inside ``model`` (bare body, or ``bottom_up`` of an FPN)."""
     body = "bottom_up." if hasattr(model, "bottom_up") else ""
@@ -29,12 +38,14 @@ def _stage_prefixes(model: nn.Module) -> Dict[str, str]:
 def count_backbone(model: nn.Module, height: int = 224, width: int = 224) -> List[StageCount]:
     """Per-stage counts of ``model`` on one ``height x width`` image, then the rest and a total.
 
-    Counts convolutions, linear layers and norms as fvcore does; pooling and activations are
-    free, as in the papers' tables.
+    Counts convolutions (deformable ones as the dense convolution they deform), linear layers
+    and norms as fvcore does; pooling, activations, squeeze-and-excitation's channel means and
+    gating products are free, as in the papers' tables.
     """
     model = model.eval()
     x = torch.zeros(1, 3, height, width)
-    analysis = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analysis = (FlopCountAnalysis(model, x).set_op_handle("torchvision::deform_conv2d", _deform_conv_macs)
+                .unsupported_ops_warnings(False).uncalled_modules_warnings(False))
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     by_module = analysis.by_module()
     params = dict(model.named_parameters())

@@ -36,6 +36,10 @@ def _make_extension_stand_in() -> types.ModuleType:
         )
 
     module.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    # what detectron2's collect_env_info (run by default_setup at every training start) asks
+    module.get_compiler_version = lambda: "none (detectron2 installed without its C++ extension)"
+    module.get_cuda_version = lambda: "none (detectron2 installed without its C++ extension)"
+    module.has_cuda = lambda: False
     module._is_resnet_backbones_stand_in = True  # type: ignore[attr-defined]
     return module
 

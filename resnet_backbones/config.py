@@ -15,6 +15,36 @@ from detectron2.config import CfgNode as CN
 #: full key -> default
 NEW_KEYS: Dict[str, Any] = {}
 
+#: Training keys (tools/train_net.py): the optimizer ("SGD" or "AdamW"), the mixed-precision
+#: dtype ("auto": float16 on CUDA, bfloat16 on CPU) and the evaluation metric that picks
+#: ``model_best.pth`` ("" = none).
+NEW_KEYS.update({
+    "SOLVER.OPTIMIZER": "SGD",
+    "SOLVER.AMP.PRECISION": "auto",
+    "TEST.BEST_METRIC": "bbox/AP",
+})
+
+#: ResNet variants (README "Variants"); read through ``ResNetArch.KEYS``, where each is checked.
+#: Deformable convolutions use Detectron2's own ``DEFORM_ON_PER_STAGE``, ``DEFORM_MODULATED`` and
+#: ``DEFORM_NUM_GROUPS``, and DC5 its ``RES5_DILATION``.
+NEW_KEYS.update({
+    "MODEL.RESNETS.STEM_TYPE": "basic",  # "basic" (7x7) or "deep" (three 3x3, ResNet-C)
+    "MODEL.RESNETS.STEM_WIDTH": 32,  # inner width of the deep stem
+    "MODEL.RESNETS.SHORTCUT": "B",  # the paper's options "A", "B", "C"
+    "MODEL.RESNETS.AVG_DOWN": False,  # ResNet-D: average-pool, then a stride-1 projection
+    "MODEL.RESNETS.PREACT": False,  # ResNet v2 pre-activation blocks
+    "MODEL.RESNETS.SE_RATIO": 0.0,  # squeeze-and-excitation hidden fraction; 0 = none
+    "MODEL.RESNETS.OUTPUT_STRIDE": 32,  # 32, 16 or 8 (res4/res5 dilated instead of strided)
+    "MODEL.RESNETS.RES5_MULTI_GRID": [1, 1, 1],  # per-block multipliers of res5's dilation
+    "MODEL.RESNETS.DILATION_MODE": "detectron2",  # or "torchvision"
+    "MODEL.RESNETS.ZERO_INIT_RESIDUAL": False,  # start each branch's last norm scale at zero
+    "MODEL.RESNETS.DROP_PATH_RATE": 0.0,  # stochastic depth at the last block
+    "MODEL.RESNETS.CHECKPOINT_STAGES": [],  # stages run under activation checkpointing
+    "MODEL.RESNETS.NORM_EVAL": False,  # BatchNorm statistics frozen, affine weights trained
+    "MODEL.RESNETS.CHANNELS_LAST": False,  # backbone (and FPN) in torch.channels_last
+    "MODEL.RESNETS.PRESET": "",  # "resnet_d", "seresnext", "resnet_rs", "wide", "deeplab_stem"
+})
+
 
 def add_resnet_backbones_config(cfg: CN) -> CN:
     """Add every key of this package to ``cfg`` (in place) with its default; returns ``cfg``."""

@@ -80,3 +80,32 @@ def test_c4_head_builds_res5_from_our_blocks():
     model.train()
     with EventStorage():
         assert torch.isfinite(sum(model(batch(with_masks=False)).values()))
+
+
+MODEL_ZOO_CONFIGS = sorted(str(p.relative_to(ROOT / "configs"))
+                           for p in (ROOT / "configs").glob("COCO-*/*.yaml"))
+
+
+@pytest.mark.parametrize("config", MODEL_ZOO_CONFIGS)
+def test_model_zoo_config_matches_its_name_and_builds(config):
+    """Names follow Detectron2's model zoo: detector, depth/width, neck, schedule."""
+    cfg = load_config(str(ROOT / "configs" / config))
+    name = Path(config).stem
+    schedule = {"1x": 90000, "3x": 270000}[next(s for s in ("1x", "3x") if f"_{s}" in name)]
+    assert cfg.SOLVER.MAX_ITER == schedule and cfg.SOLVER.IMS_PER_BATCH == 16
+    assert cfg.MODEL.MASK_ON == name.startswith("mask_rcnn")
+    assert cfg.MODEL.META_ARCHITECTURE == ("RetinaNet" if name.startswith("retinanet") else "GeneralizedRCNN")
+    depth = 101 if "_101_" in name else 50
+    assert cfg.MODEL.RESNETS.DEPTH == depth
+    if "X_101_32x8d" in name:
+        assert (cfg.MODEL.RESNETS.NUM_GROUPS, cfg.MODEL.RESNETS.WIDTH_PER_GROUP) == (32, 8)
+    neck = "C4" if "_C4_" in name else "DC5" if "_DC5_" in name else "FPN"
+    expected_backbone = {"FPN": "build_resnet_family_retinanet_fpn_backbone" if name.startswith("retinanet")
+                         else "build_resnet_family_fpn_backbone", "C4": "build_resnet_family_backbone",
+                         "DC5": "build_resnet_family_backbone"}[neck]
+    assert cfg.MODEL.BACKBONE.NAME == expected_backbone
+    cfg.MODEL.DEVICE = "meta"  # shapes and wiring without the cost of initialising weights
+    with torch.device("meta"):
+        model = build_model(cfg)
+    if neck == "C4":
+        assert isinstance(model.roi_heads, ResNetFamilyRes5ROIHeads)

@@ -97,6 +97,20 @@ def test_weights_that_leave_backbone_parameters_missing_are_an_error(tmp_path):
         BackboneCheckpointer(build_model(cfg)).load(str(tmp_path / "r50_d2.pth"))
 
 
+def test_plain_weights_load_into_a_deformable_model_whose_offsets_start_at_zero(tmp_path):
+    source = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), source)
+    convert_weights(source, tmp_path / "r50_d2.pth")
+    cfg = load_config(str(ROOT / "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x_dconv_c3-c5.yaml"),
+                      ["MODEL.RESNETS.STRIDE_IN_1X1", "False"])
+    model = build_model(cfg)
+    BackboneCheckpointer(model).load(str(tmp_path / "r50_d2.pth"))
+    block = model.backbone.bottom_up.res4[0]
+    assert block.conv2_offset is not None and not block.conv2_offset.weight.any()
+    stored = load_weights_file(tmp_path / "r50_d2.pth")["model"]["res4.0.conv2.weight"]
+    np.testing.assert_array_equal(block.conv2.weight.detach().numpy(), np.asarray(stored))
+
+
 def test_unplaceable_and_misshapen_keys_are_listed_and_nothing_is_written(tmp_path):
     state = torchvision.models.resnet18().state_dict()
     state["layer1.0.attention.weight"] = torch.zeros(3)

@@ -1,16 +1,19 @@
 """What a ResNet body is made of, read from a Detectron2 config and checked before building.
 
 ``ResNetArch`` is the one place that knows the depth table, the config key of every
-architectural choice and which combinations are allowed. The builders, the weight converter
-(which infers an ``ResNetArch`` from a state dict) and the analysis tool all go through it.
+architectural choice, the presets and which combinations are allowed. The builders, the weight
+converter (which infers an ``ResNetArch`` from a state dict) and the analysis tool all go
+through it.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
+from .blocks import SHORTCUT_TYPES
 from .layers import GN_GROUPS, NORM_NAMES
+from .stems import STEM_TYPES
 
 #: depth -> (block type, blocks per stage res2..res5). The one depth table.
 DEPTHS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
@@ -24,6 +27,30 @@ DEPTHS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 FEATURE_NAMES = ("stem",) + STAGE_NAMES
 
+#: output stride -> base dilation of res4 and res5 (the stages that stop striding)
+OUTPUT_STRIDES: Dict[int, Tuple[int, int]] = {32: (1, 1), 16: (1, 2), 8: (2, 4)}
+
+#: "detectron2": every block of a dilated stage uses the stage's dilation;
+#: "torchvision": the first block keeps the previous dilation (torchvision and timm)
+DILATION_MODES = ("detectron2", "torchvision")
+
+#: preset -> the fields it implies. Each sets what its reference model (timm, torchvision,
+#: Detectron2's DeepLab) defines; all but the stem-only one put the stride on the 3x3, as
+#: those references do.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # timm resnet50d (Bag of Tricks ResNet-D: deep stem, average-pool downsampling)
+    "resnet_d": {"stem_type": "deep", "stem_width": 32, "avg_down": True, "stride_in_1x1": False},
+    # timm seresnext50_32x4d
+    "seresnext": {"se_ratio": 0.0625, "num_groups": 32, "width_per_group": 4, "stride_in_1x1": False},
+    # ResNet-RS (Bello et al.) without its stem-pool replacement: ResNet-D plus SE with ratio 1/4
+    "resnet_rs": {"stem_type": "deep", "stem_width": 32, "avg_down": True, "se_ratio": 0.25,
+                  "stride_in_1x1": False},
+    # torchvision wide_resnet50_2 (WRN-50-2)
+    "wide": {"width_per_group": 128, "stride_in_1x1": False},
+    # Detectron2's DeepLab project stem: three 3x3 convolutions 64, 64, 128 wide
+    "deeplab_stem": {"stem_type": "deep", "stem_width": 64, "stem_out_channels": 128},
+}
+
 
 class ConfigError(ValueError):
     """A config value that cannot build a backbone; the message names key, value and what is allowed."""
@@ -31,6 +58,14 @@ class ConfigError(ValueError):
 
 def _bad(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
+
+
+def _conflict(key_a: str, value_a: Any, key_b: str, value_b: Any, why: str) -> ConfigError:
+    return ConfigError(f"{key_a} = {value_a!r} cannot be combined with {key_b} = {value_b!r}: {why}")
+
+
+#: fields whose config values are lists (held as tuples)
+_LIST_FIELDS = ("out_features", "deform_on_per_stage", "res5_multi_grid", "checkpoint_stages")
 
 
 @dataclass
@@ -47,6 +82,25 @@ class ResNetArch:
     res2_out_channels: int = 256
     res5_dilation: int = 1
     freeze_at: int = 2
+    # variants (issue 3); every default leaves the original ResNet
+    stem_type: str = "basic"
+    stem_width: int = 32
+    shortcut: str = "B"
+    avg_down: bool = False
+    preact: bool = False
+    se_ratio: float = 0.0
+    deform_on_per_stage: Tuple[bool, ...] = (False, False, False, False)
+    deform_modulated: bool = False
+    deform_num_groups: int = 1
+    output_stride: int = 32
+    res5_multi_grid: Tuple[int, ...] = (1, 1, 1)
+    dilation_mode: str = "detectron2"
+    zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
+    checkpoint_stages: Tuple[str, ...] = ()
+    norm_eval: bool = False
+    channels_last: bool = False
+    preset: str = ""
     in_channels: int = 3
 
     #: field -> the config key it is read from (messages name keys, not fields)
@@ -61,12 +115,44 @@ class ResNetArch:
         "res2_out_channels": "MODEL.RESNETS.RES2_OUT_CHANNELS",
         "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
         "freeze_at": "MODEL.BACKBONE.FREEZE_AT",
+        "stem_type": "MODEL.RESNETS.STEM_TYPE",
+        "stem_width": "MODEL.RESNETS.STEM_WIDTH",
+        "shortcut": "MODEL.RESNETS.SHORTCUT",
+        "avg_down": "MODEL.RESNETS.AVG_DOWN",
+        "preact": "MODEL.RESNETS.PREACT",
+        "se_ratio": "MODEL.RESNETS.SE_RATIO",
+        "deform_on_per_stage": "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
+        "deform_modulated": "MODEL.RESNETS.DEFORM_MODULATED",
+        "deform_num_groups": "MODEL.RESNETS.DEFORM_NUM_GROUPS",
+        "output_stride": "MODEL.RESNETS.OUTPUT_STRIDE",
+        "res5_multi_grid": "MODEL.RESNETS.RES5_MULTI_GRID",
+        "dilation_mode": "MODEL.RESNETS.DILATION_MODE",
+        "zero_init_residual": "MODEL.RESNETS.ZERO_INIT_RESIDUAL",
+        "drop_path_rate": "MODEL.RESNETS.DROP_PATH_RATE",
+        "checkpoint_stages": "MODEL.RESNETS.CHECKPOINT_STAGES",
+        "norm_eval": "MODEL.RESNETS.NORM_EVAL",
+        "channels_last": "MODEL.RESNETS.CHANNELS_LAST",
+        "preset": "MODEL.RESNETS.PRESET",
     }
+
+    #: fields the weights do not determine: how the body is run, trained or cut, not what
+    #: tensors it holds (a weight converter leaves them to the user)
+    RUN_CHOICES = ("out_features", "freeze_at", "res5_dilation", "output_stride", "res5_multi_grid",
+                   "dilation_mode", "zero_init_residual", "drop_path_rate", "checkpoint_stages", "norm_eval",
+                   "channels_last", "preset")
+
+    #: weight facts a converter always prints, even at their default (the foundation's keys)
+    ALWAYS_LISTED = ("depth", "num_groups", "width_per_group", "stride_in_1x1", "stem_out_channels",
+                     "res2_out_channels")
 
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_cfg(cls, cfg, in_channels: int = 3) -> "ResNetArch":
-        """Read and validate the body's keys from a Detectron2 ``CfgNode``."""
+        """Read and validate the body's keys from a Detectron2 ``CfgNode``.
+
+        ``MODEL.RESNETS.PRESET`` fills the keys it implies that are still at their default;
+        a key set to any other value keeps that value (see :meth:`with_preset`).
+        """
         values: Dict[str, Any] = {"in_channels": in_channels}
         for name, key in cls.KEYS.items():
             node = cfg
@@ -75,16 +161,44 @@ class ResNetArch:
                 node = node[part]
             if leaf in node:
                 values[name] = node[leaf]
-        values["out_features"] = tuple(values.get("out_features", cls.out_features))
-        return cls(**values).validated()
+        for name in _LIST_FIELDS:
+            if name in values and isinstance(values[name], (list, tuple)):
+                values[name] = tuple(values[name])
+        return cls.with_preset(values.pop("preset", ""), **values)
+
+    @classmethod
+    def with_preset(cls, preset: str, **fields) -> "ResNetArch":
+        """An arch from ``fields``, with the fields ``preset`` implies wherever ``fields`` leaves
+        them at their default. To undo part of a preset, set its keys instead of the preset."""
+        if preset not in ("",) + tuple(PRESETS):
+            raise _bad(cls.KEYS["preset"], preset, f"'' (none) or one of {list(PRESETS)}")
+        defaults = cls()
+        for name, value in PRESETS.get(preset, {}).items():
+            if fields.get(name, getattr(defaults, name)) == getattr(defaults, name):
+                fields[name] = value
+        return cls(preset=preset, **fields).validated()
 
     def replace(self, **changes) -> "ResNetArch":
         return dataclasses.replace(self, **changes).validated()
 
     def config_items(self) -> List[Tuple[str, Any]]:
         """``(key, value)`` for every config key, as a user would set them."""
-        return [(key, list(getattr(self, name)) if name == "out_features" else getattr(self, name))
+        return [(key, list(value) if isinstance(value := getattr(self, name), tuple) else value)
                 for name, key in self.KEYS.items()]
+
+    def weight_config_items(self) -> List[Tuple[str, Any]]:
+        """The keys that describe what weights for this body hold: the foundation's always,
+        a variant's only when it is not at its default; no run choices, and the norm only for GN
+        (BN and FrozenBN weights are interchangeable)."""
+        defaults = ResNetArch()
+        items = []
+        for name, key in self.KEYS.items():
+            value = getattr(self, name)
+            if name in self.RUN_CHOICES or (name == "norm" and value != "GN"):
+                continue
+            if name in self.ALWAYS_LISTED or value != getattr(defaults, name):
+                items.append((key, list(value) if isinstance(value, tuple) else value))
+        return items
 
     # ----------------------------------------------------------------- derived facts
     @property
@@ -100,6 +214,16 @@ class ResNetArch:
         """Stages needed for ``out_features`` (unused later stages are not built)."""
         return max(FEATURE_NAMES.index(f) for f in self.out_features)
 
+    @property
+    def effective_output_stride(self) -> int:
+        """``OUTPUT_STRIDE``, or 16 for Detectron2's ``RES5_DILATION: 2`` (DC5)."""
+        return 16 if self.res5_dilation == 2 else self.output_stride
+
+    @property
+    def has_multi_grid(self) -> bool:
+        """Whether ``RES5_MULTI_GRID`` is more than its all-ones default (of any length)."""
+        return any(g != 1 for g in self.res5_multi_grid)
+
     def stage_out_channels(self, index: int) -> int:
         """Output channels of stage ``index`` (0 = res2)."""
         return self.res2_out_channels * 2**index
@@ -108,11 +232,31 @@ class ResNetArch:
         return self.num_groups * self.width_per_group * 2**index
 
     def stage_dilation(self, index: int) -> int:
-        return self.res5_dilation if index == 3 else 1
+        """The dilation that replaces stage ``index``'s stride (1 where the stage strides)."""
+        res4, res5 = OUTPUT_STRIDES[self.effective_output_stride]
+        return {2: res4, 3: res5}.get(index, 1)
 
     def stage_stride(self, index: int) -> int:
         """Stride of the first block of stage ``index``; a dilated stage keeps the resolution."""
         return 1 if index == 0 or self.stage_dilation(index) > 1 else 2
+
+    def block_dilations(self, index: int) -> List[Tuple[int, int]]:
+        """``(first_dilation, dilation)`` of each block of stage ``index``: the dilation of the
+        block's first 3x3 convolution and of the others (see ``MODEL.RESNETS.DILATION_MODE``)."""
+        base = self.stage_dilation(index)
+        grid = self.res5_multi_grid if index == 3 and self.has_multi_grid else (1,) * self.blocks_per_stage[index]
+        dilations = [base * g for g in grid]
+        firsts = list(dilations)
+        if self.dilation_mode == "torchvision":
+            firsts[0] = self.block_dilations(index - 1)[-1][1] if index > 0 else 1
+        return list(zip(firsts, dilations))
+
+    def block_drop_path_rates(self, index: int) -> List[float]:
+        """Drop-path rate of each block of stage ``index``: rising linearly from 0 at the first
+        block of res2 to ``DROP_PATH_RATE`` at the last block of res5 (timm's rule)."""
+        counts = self.blocks_per_stage
+        first, total = sum(counts[:index]), sum(counts)
+        return [self.drop_path_rate * (first + i) / (total - 1) for i in range(counts[index])]
 
     # ----------------------------------------------------------------- validation
     def validated(self) -> "ResNetArch":
@@ -128,22 +272,38 @@ class ResNetArch:
         if not 0 <= self.freeze_at <= 5:
             raise _bad(k["freeze_at"], self.freeze_at,
                        "0 (train everything) to 5 (freeze the stem and res2..res5)")
-        for name in ("num_groups", "width_per_group", "stem_out_channels", "res2_out_channels"):
+        for name in ("num_groups", "width_per_group", "stem_out_channels", "res2_out_channels", "stem_width",
+                     "deform_num_groups"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise _bad(k[name], value, "a positive integer")
+        for name in ("stride_in_1x1", "avg_down", "preact", "deform_modulated", "zero_init_residual",
+                     "norm_eval", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(k[name], getattr(self, name), "True or False")
         if self.res5_dilation not in (1, 2):
             raise _bad(k["res5_dilation"], self.res5_dilation, "1 or 2 (DC5)")
         if self.block_type == "basic":
-            if self.num_groups != 1:
-                raise _bad(k["num_groups"], self.num_groups,
-                           f"1: depth {self.depth} uses basic blocks, which have no grouped convolution")
-            if self.res2_out_channels != 64:
-                raise _bad(k["res2_out_channels"], self.res2_out_channels,
-                           f"64: depth {self.depth} uses basic blocks (ResNet-18/34), whose res2 has 64 channels")
+            self._check_basic_blocks()
         if self.norm == "GN":
             self._check_group_norm_divides()
+        self._check_stem()
+        self._check_shortcut()
+        self._check_squeeze_excite()
+        self._check_deform()
+        self._check_dilation()
+        self._check_training_aids()
         return self
+
+    def _check_basic_blocks(self) -> None:
+        k, why = self.KEYS, f"depth {self.depth} uses basic blocks (ResNet-18/34)"
+        if self.num_groups != 1:
+            raise _bad(k["num_groups"], self.num_groups, f"1: {why}, which have no grouped convolution")
+        if self.width_per_group != 64:
+            raise _conflict(k["width_per_group"], self.width_per_group, k["depth"], self.depth,
+                            f"{why}, whose width is RES2_OUT_CHANNELS; set it to 64")
+        if self.res2_out_channels != 64:
+            raise _bad(k["res2_out_channels"], self.res2_out_channels, f"64: {why}, whose res2 has 64 channels")
 
     def _check_group_norm_divides(self) -> None:
         widths = {self.KEYS["stem_out_channels"]: self.stem_out_channels,
@@ -151,12 +311,104 @@ class ResNetArch:
         if self.block_type == "bottleneck":
             widths[f"{self.KEYS['num_groups']} x {self.KEYS['width_per_group']}"] = (
                 self.num_groups * self.width_per_group)
+        if self.stem_type == "deep":
+            widths[self.KEYS["stem_width"]] = self.stem_width
         for key, channels in widths.items():
             if channels % GN_GROUPS:
                 raise ConfigError(
                     f"{key} = {channels} is not allowed with MODEL.RESNETS.NORM = 'GN': "
                     f"GroupNorm's {GN_GROUPS} groups must divide the channel count"
                 )
+
+    def _check_stem(self) -> None:
+        k = self.KEYS
+        if self.stem_type not in STEM_TYPES:
+            hint = (" (Detectron2's DeepLab 'deeplab' stem is STEM_TYPE 'deep' with STEM_WIDTH = "
+                    "STEM_OUT_CHANNELS / 2, or PRESET 'deeplab_stem')" if self.stem_type == "deeplab" else "")
+            raise _bad(k["stem_type"], self.stem_type, f"one of {list(STEM_TYPES)}{hint}")
+        if self.stem_type == "basic" and self.stem_width != ResNetArch.stem_width:
+            raise _conflict(k["stem_width"], self.stem_width, k["stem_type"], self.stem_type,
+                            "STEM_WIDTH is the inner width of the deep stem; the basic stem has one "
+                            "convolution, STEM_OUT_CHANNELS wide")
+
+    def _check_shortcut(self) -> None:
+        k = self.KEYS
+        if self.shortcut not in SHORTCUT_TYPES:
+            raise _bad(k["shortcut"], self.shortcut,
+                       "'A' (identity, zero-padded channels), 'B' (projection where the shape changes) "
+                       "or 'C' (projection in every block)")
+        if self.shortcut == "A" and self.avg_down:
+            raise _conflict(k["avg_down"], self.avg_down, k["shortcut"], self.shortcut,
+                            "AVG_DOWN changes the projection shortcut, and option A has none")
+        if self.shortcut == "A" and self.stem_out_channels > self.res2_out_channels:
+            raise ConfigError(
+                f"{k['shortcut']} = 'A' cannot be combined with {k['stem_out_channels']} = "
+                f"{self.stem_out_channels} and {k['res2_out_channels']} = {self.res2_out_channels}: "
+                "option A pads channels with zeros, so no shortcut may reduce them")
+
+    def _check_squeeze_excite(self) -> None:
+        ratio = self.se_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+            raise _bad(self.KEYS["se_ratio"], ratio,
+                       "0 (no squeeze-and-excitation) or the hidden fraction in (0, 1], e.g. 0.0625")
+
+    def _check_deform(self) -> None:
+        k, stages = self.KEYS, self.deform_on_per_stage
+        if len(stages) != 4 or not all(isinstance(v, bool) for v in stages):
+            raise _bad(k["deform_on_per_stage"], list(stages), "four True/False values, for res2..res5")
+        if not any(stages):
+            return
+        if self.block_type == "basic":
+            raise _conflict(k["deform_on_per_stage"], list(stages), k["depth"], self.depth,
+                            "deformable convolutions replace a bottleneck's 3x3 and basic blocks have none "
+                            "(use depth 50 or more)")
+        for index, on in enumerate(stages):
+            width = self.stage_bottleneck_channels(index)
+            if on and width % self.deform_num_groups:
+                raise ConfigError(
+                    f"{k['deform_num_groups']} = {self.deform_num_groups} cannot be combined with "
+                    f"{k['num_groups']} x {k['width_per_group']} = {self.num_groups * self.width_per_group}: "
+                    f"the offset groups must divide the {width} channels of {STAGE_NAMES[index]}'s 3x3")
+
+    def _check_dilation(self) -> None:
+        k = self.KEYS
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise _bad(k["output_stride"], self.output_stride,
+                       "32, 16 (res5 dilated by 2) or 8 (res4 by 2, res5 by 4)")
+        if self.res5_dilation == 2 and self.output_stride == 8:
+            raise _conflict(k["res5_dilation"], self.res5_dilation, k["output_stride"], self.output_stride,
+                            "RES5_DILATION 2 means output stride 16, while output stride 8 dilates res5 by 4; "
+                            "set only OUTPUT_STRIDE")
+        if self.dilation_mode not in DILATION_MODES:
+            raise _bad(k["dilation_mode"], self.dilation_mode,
+                       "'detectron2' (a dilated stage's first block takes its dilation) or 'torchvision' "
+                       "(it keeps the previous one)")
+        grid, blocks = self.res5_multi_grid, self.blocks_per_stage[3]
+        valid = all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)
+        if not valid or not grid or (self.has_multi_grid and len(grid) != blocks):
+            raise _bad(k["res5_multi_grid"], list(grid),
+                       f"{blocks} positive integers, one per res5 block of depth {self.depth}, "
+                       "multiplying its dilation")
+        if self.dilation_mode == "torchvision" and self.has_multi_grid:
+            raise _conflict(k["res5_multi_grid"], list(grid), k["dilation_mode"], self.dilation_mode,
+                            "in torchvision mode res5's first block keeps res4's dilation, which would "
+                            "override the grid's first rate; use DILATION_MODE 'detectron2'")
+
+    def _check_training_aids(self) -> None:
+        k = self.KEYS
+        if self.zero_init_residual and self.norm == "FrozenBN":
+            raise _conflict(k["zero_init_residual"], True, k["norm"], self.norm,
+                            "FrozenBN's scale never trains, so the residual branches would stay switched off")
+        rate = self.drop_path_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise _bad(k["drop_path_rate"], rate, "a probability in [0, 1)")
+        unknown = [s for s in self.checkpoint_stages if s not in STAGE_NAMES]
+        if unknown:
+            raise _bad(k["checkpoint_stages"], list(self.checkpoint_stages),
+                       f"stage names from {list(STAGE_NAMES)}; unknown: {unknown}")
+        if self.norm_eval and self.norm in ("GN", ""):
+            raise _conflict(k["norm_eval"], True, k["norm"], self.norm,
+                            "NORM_EVAL freezes BatchNorm statistics and this norm keeps none")
 
 
 def check_in_features(key: str, requested: Sequence[str], available: Sequence[str]) -> None:

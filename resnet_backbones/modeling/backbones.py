@@ -6,13 +6,14 @@ error) and uses Detectron2's own FPN, so a Detectron2 config moves here by chang
 """
 from __future__ import annotations
 
+import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from .arch import ResNetArch, check_in_features
+from .arch import ConfigError, ResNetArch, check_in_features
 from .resnet import ResNet, build_stage
 
 
@@ -25,7 +26,15 @@ def build_resnet_family_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
 def _fpn(cfg, bottom_up: ResNet, top_block: nn.Module) -> FPN:
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     check_in_features("MODEL.FPN.IN_FEATURES", in_features, bottom_up.output_shape().keys())
-    return FPN(
+    strides = [bottom_up.output_shape()[f].stride for f in in_features]
+    if any(later != 2 * earlier for earlier, later in zip(strides, strides[1:])):
+        resnets = cfg.MODEL.RESNETS
+        raise ConfigError(
+            f"MODEL.FPN.IN_FEATURES = {in_features} cannot be combined with MODEL.RESNETS.OUTPUT_STRIDE = "
+            f"{resnets.get('OUTPUT_STRIDE', 32)} / MODEL.RESNETS.RES5_DILATION = {resnets.RES5_DILATION}: "
+            f"the features have strides {strides}, and an FPN needs each at twice the stride of the one "
+            "before; a dilated stage keeps its input's stride (drop it from IN_FEATURES or use output stride 32)")
+    fpn = FPN(
         bottom_up=bottom_up,
         in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
@@ -33,6 +42,10 @@ def _fpn(cfg, bottom_up: ResNet, top_block: nn.Module) -> FPN:
         top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+    if bottom_up.channels_last:
+        # the body hands the FPN channels-last features; its convolutions then run in that format too
+        fpn.to(memory_format=torch.channels_last)
+    return fpn
 
 
 @BACKBONE_REGISTRY.register()
@@ -54,10 +67,10 @@ def build_resnet_family_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec) -> F
 
 @ROI_HEADS_REGISTRY.register()
 class ResNetFamilyRes5ROIHeads(Res5ROIHeads):
-    """Detectron2's C4 box head, with its res5 stage built from our blocks and config keys."""
+    """Detectron2's C4 box head, with its res5 stage built from our blocks and config keys (all
+    variants, checkpointing and ``NORM_EVAL`` included; a pre-activation res5 ends with its norm)."""
 
     @classmethod
     def _build_res5_block(cls, cfg):
         arch = ResNetArch.from_cfg(cfg).replace(out_features=("res5",))
-        res5 = build_stage(arch, 3, arch.stage_out_channels(2), first_stride=2)
-        return nn.Sequential(*res5), arch.stage_out_channels(3)
+        return build_stage(arch, 3, arch.stage_out_channels(2), first_stride=2), arch.stage_out_channels(3)

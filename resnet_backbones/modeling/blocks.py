@@ -1,21 +1,30 @@
-"""The residual block: one class for basic and bottleneck blocks and their variants.
+"""The residual block: one class for basic and bottleneck blocks and all their variants.
 
 Every block follows Detectron2's contract (``CNNBlockBase``): ``in_channels``,
-``out_channels`` and ``stride`` attributes, NCHW in and out. Parameter names are Detectron2's:
-``conv1``..``conv3`` with their norms as ``convK.norm``, and ``shortcut`` for the projection.
+``out_channels`` and ``stride`` attributes, NCHW in and out. Parameter names are Detectron2's
+whatever the variant and the norm: ``conv1``..``conv3`` with their norms as ``convK.norm``,
+``shortcut`` for the projection, ``conv2_offset`` for a deformable 3x3's offsets, and ``se.fc1``,
+``se.fc2`` for squeeze-and-excitation.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase
+from torch import nn
 
-from .layers import NormSpec, conv_norm
+from .layers import DeformConvNorm, NormSpec, SqueezeExcite, conv_norm, drop_path
+
+#: the paper's shortcut options: A identity with zero-padded channels, B projection where the
+#: shape changes, C projection everywhere
+SHORTCUT_TYPES = ("A", "B", "C")
 
 
 class ResidualBlock(CNNBlockBase):
-    """A residual block: ``relu(branch(x) + shortcut(x))``.
+    """A residual block: ``relu(branch(x) + shortcut(x))``, or ``branch(x) + shortcut(x)`` with
+    pre-activation.
 
     Args:
         in_channels, out_channels, stride: the block contract.
@@ -25,7 +34,28 @@ class ResidualBlock(CNNBlockBase):
         stride_in_1x1: put a bottleneck's stride on the first 1x1 (MSRA/Caffe2 weights)
             instead of the 3x3 (torchvision/timm weights, "ResNet v1.5").
         dilation: dilation of the 3x3 convolutions.
-        norm: normalization after each convolution (a name or a callable of channels).
+        first_dilation: dilation of the block's first 3x3 convolution when it differs from
+            ``dilation``: torchvision and timm keep the previous stage's dilation there in the
+            first block of a dilated stage. ``None``: ``dilation``.
+        norm: normalization of each convolution (a name or a callable of channels).
+        shortcut_type: ``"B"`` projection (1x1 conv and norm) where the shape changes, identity
+            elsewhere; ``"A"`` no parameters: identity, subsampled by the stride, with zero channels
+            appended; ``"C"`` a projection in every block.
+        avg_down: projection shortcuts average-pool by the stride, then apply a stride-1
+            1x1 convolution (ResNet-D), instead of a strided 1x1 convolution that skips 3/4 of
+            the input.
+        preact: pre-activation (ResNet v2): each convolution is preceded by its norm and a ReLU,
+            there is no ReLU after the addition, and projections take the pre-activated input
+            (and have no norm).
+        se_ratio: squeeze-and-excitation on the branch output, with ``out_channels * se_ratio``
+            hidden channels rounded as timm does; 0 for none.
+        deform, deform_modulated, deform_num_groups: make the bottleneck's 3x3 deformable
+            (DCN v1, or v2 with a modulation mask) with that many offset groups; its offsets
+            come from ``conv2_offset``, initialised to zero so the block starts out as the plain one.
+        drop_path_rate: probability of dropping the residual branch of a sample in training
+            (stochastic depth).
+        zero_init_last: start the branch's last norm scale (its last convolution where no norm
+            follows it) at zero, so the block starts as the identity (Goyal et al.).
     """
 
     def __init__(
@@ -38,36 +68,113 @@ class ResidualBlock(CNNBlockBase):
         num_groups: int = 1,
         stride_in_1x1: bool = False,
         dilation: int = 1,
+        first_dilation: Optional[int] = None,
         norm: NormSpec = "BN",
+        shortcut_type: str = "B",
+        avg_down: bool = False,
+        preact: bool = False,
+        se_ratio: float = 0.0,
+        deform: bool = False,
+        deform_modulated: bool = False,
+        deform_num_groups: int = 1,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
     ):
         super().__init__(in_channels, out_channels, stride)
+        if shortcut_type not in SHORTCUT_TYPES:
+            raise ValueError(f"shortcut_type={shortcut_type!r}: expected one of {SHORTCUT_TYPES}")
         self.is_bottleneck = bottleneck_channels is not None
+        if deform and not self.is_bottleneck:
+            raise ValueError("deformable convolutions need a bottleneck block (bottleneck_channels)")
+        self.preact = preact
+        self.drop_path_rate = drop_path_rate
+        first_dilation = dilation if first_dilation is None else first_dilation
+        conv_args = dict(norm=norm, norm_first=preact)
 
-        if in_channels != out_channels or stride != 1:
-            self.shortcut = conv_norm(in_channels, out_channels, 1, stride=stride, norm=norm)
-        else:
-            self.shortcut = None
+        self._build_shortcut(in_channels, out_channels, stride, norm, shortcut_type, avg_down, preact)
 
+        self.conv2_offset = None
         if self.is_bottleneck:
             stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
             width = bottleneck_channels
-            self.conv1 = conv_norm(in_channels, width, 1, stride=stride_1x1, norm=norm)
-            self.conv2 = conv_norm(
-                width, width, 3, stride=stride_3x3, dilation=dilation, groups=num_groups, norm=norm
-            )
-            self.conv3 = conv_norm(width, out_channels, 1, norm=norm)
+            self.conv1 = conv_norm(in_channels, width, 1, stride=stride_1x1, **conv_args)
+            if deform:
+                self.conv2 = DeformConvNorm(width, width, 3, stride=stride_3x3, dilation=first_dilation,
+                                            groups=num_groups, offset_groups=deform_num_groups,
+                                            modulated=deform_modulated, **conv_args)
+                self.conv2_offset = nn.Conv2d(width, self.conv2.offset_channels, 3, stride=stride_3x3,
+                                              padding=first_dilation, dilation=first_dilation)
+                nn.init.zeros_(self.conv2_offset.weight)
+                nn.init.zeros_(self.conv2_offset.bias)
+            else:
+                self.conv2 = conv_norm(width, width, 3, stride=stride_3x3, dilation=first_dilation,
+                                       groups=num_groups, **conv_args)
+            self.conv3 = conv_norm(width, out_channels, 1, **conv_args)
             self._branch = ("conv1", "conv2", "conv3")
         else:
-            self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, dilation=dilation, norm=norm)
-            self.conv2 = conv_norm(out_channels, out_channels, 3, dilation=dilation, norm=norm)
+            self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, dilation=first_dilation,
+                                   **conv_args)
+            self.conv2 = conv_norm(out_channels, out_channels, 3, dilation=dilation, **conv_args)
             self._branch = ("conv1", "conv2")
 
+        self.se = SqueezeExcite(out_channels, se_ratio) if se_ratio > 0 else None
+        if zero_init_last:
+            self._zero_init_last()
+
+    def _build_shortcut(self, in_channels, out_channels, stride, norm, shortcut_type, avg_down, preact):
+        reshapes = in_channels != out_channels or stride != 1
+        project = shortcut_type == "C" or (shortcut_type == "B" and reshapes)
+        # parameter-free spatial downsampling of the shortcut's input, before any projection
+        self.shortcut_pool: Optional[nn.Module] = None
+        if stride > 1 and project and avg_down:
+            self.shortcut_pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+        elif stride > 1 and shortcut_type == "A":
+            self.shortcut_pool = nn.MaxPool2d(1, stride)  # a 1x1 window: plain subsampling
+        self.pad_channels = out_channels - in_channels if shortcut_type == "A" else 0
+        if self.pad_channels < 0:
+            raise ValueError(f"shortcut 'A' pads channels with zeros; it cannot go from {in_channels} "
+                             f"to {out_channels} channels")
+        self.shortcut = None
+        if project:
+            projection_stride = 1 if avg_down else stride
+            # with pre-activation the projection reads normalised input: no norm of its own
+            self.shortcut = conv_norm(in_channels, out_channels, 1, stride=projection_stride,
+                                      norm=None if preact else norm, bias=False if preact else None)
+
+    @torch.no_grad()
+    def _zero_init_last(self) -> None:
+        last = getattr(self, self._branch[-1])
+        if last.norm is not None and not last.norm_first:
+            last.norm.weight.zero_()
+        else:
+            last.weight.zero_()
+
+    def _convolve(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        conv = getattr(self, name)
+        if name == "conv2" and self.conv2_offset is not None:
+            return conv.convolve(x, self.conv2_offset(x))
+        return conv.convolve(x)
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut_pool is not None:
+            x = self.shortcut_pool(x)
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        if self.pad_channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.pad_channels))
+        return x
+
     def forward(self, x):
-        out = x
-        last = len(self._branch) - 1
+        out, shortcut_input = x, x
         for i, name in enumerate(self._branch):
-            out = getattr(self, name)(out)
-            if i < last:
+            if self.preact:
+                out = getattr(self, name).preactivate(out)
+                if i == 0 and self.shortcut is not None:
+                    shortcut_input = out
+            elif i > 0:
                 out = F.relu_(out)
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out + identity)
+            out = self._convolve(name, out)
+        if self.se is not None:
+            out = self.se(out)
+        out = drop_path(out, self.drop_path_rate, self.training) + self._shortcut(shortcut_input)
+        return out if self.preact else F.relu_(out)

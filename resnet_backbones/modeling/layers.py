@@ -1,12 +1,17 @@
-"""Small building pieces shared by stems and blocks: normalization and convolution factories."""
+"""Small building pieces shared by stems and blocks: norms, convolutions, squeeze-and-excitation,
+drop path."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Union
 
+import torch
 import torch.distributed as dist
-from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm as d2_get_norm
+import torch.nn.functional as F
+from detectron2.layers import FrozenBatchNorm2d, get_norm as d2_get_norm
 from fvcore.nn import weight_init
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.ops import deform_conv2d
 
 NormSpec = Union[str, Callable[[int], nn.Module], None]
 
@@ -32,37 +37,122 @@ def get_norm(norm: NormSpec, channels: int) -> Optional[nn.Module]:
     return d2_get_norm(norm, channels)
 
 
-def conv_norm(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    dilation: int = 1,
-    groups: int = 1,
-    norm: NormSpec = "BN",
-    activation: Optional[Callable] = None,
-) -> Conv2d:
-    """A bias-free ``kernel_size`` convolution with 'same' padding, followed by ``norm``.
+class ConvNorm(nn.Conv2d):
+    """A convolution that holds its norm as ``.norm``, so that parameters are named as in
+    Detectron2's checkpoints (``res2.0.conv1.weight``, ``res2.0.conv1.norm.weight``) whatever
+    the norm and wherever it is applied.
 
-    The norm is held as ``.norm`` of the convolution, which gives the parameter names that
-    Detectron2's checkpoints use (``res2.0.conv1.norm.weight``).
+    ``norm_first=False``: ``norm(conv(x))``, the original ResNet.
+    ``norm_first=True``: ``conv(relu(norm(x)))``, pre-activation (ResNet v2); the norm then
+    sees the input channels.
     """
-    norm_layer = get_norm(norm, out_channels)
-    conv = Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=stride,
-        padding=dilation * (kernel_size - 1) // 2,
-        dilation=dilation,
-        groups=groups,
-        bias=norm_layer is None,
-        norm=norm_layer,
-        activation=activation,
-    )
-    weight_init.c2_msra_fill(conv)
-    return conv
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+                 dilation: int = 1, groups: int = 1, norm: NormSpec = "BN", norm_first: bool = False,
+                 bias: Optional[bool] = None):
+        norm_layer = get_norm(norm, in_channels if norm_first else out_channels)
+        if bias is None:
+            # a following norm would cancel a bias; a pre-activation's next norm does too
+            bias = norm_layer is None and not norm_first
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=dilation * (kernel_size - 1) // 2, dilation=dilation, groups=groups, bias=bias)
+        self.norm = norm_layer
+        self.norm_first = norm_first
+        weight_init.c2_msra_fill(self)
+
+    def preactivate(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(norm(x))``: what a pre-activation convolution convolves."""
+        return F.relu(x) if self.norm is None else F.relu_(self.norm(x))
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution, followed by the norm unless it is applied first."""
+        return self._post_norm(super().forward(x))
+
+    def _post_norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None and not self.norm_first:
+            x = self.norm(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convolve(self.preactivate(x) if self.norm_first else x)
+
+
+class DeformConvNorm(ConvNorm):
+    """A deformable :class:`ConvNorm` through ``torchvision.ops.deform_conv2d`` (CPU and GPU).
+
+    The sampling offsets come from outside (Detectron2 keeps their convolution beside this one,
+    as ``conv2_offset``), in Detectron2's layout: ``2 * 9 * offset_groups`` offset channels, then
+    for ``modulated`` (DCN v2) ``9 * offset_groups`` mask logits. The mask is
+    ``2 * sigmoid(logits)`` rather than Detectron2's ``sigmoid(logits)``, so that zero-initialised
+    offset convolutions start out computing exactly the plain convolution (mask 1, not 0.5).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, offset_groups: int = 1,
+                 modulated: bool = False, **conv_args):
+        super().__init__(in_channels, out_channels, kernel_size, **conv_args)
+        self.offset_groups = offset_groups
+        self.modulated = modulated
+
+    @property
+    def offset_channels(self) -> int:
+        """Output channels of the convolution that predicts this one's offsets (and mask)."""
+        points = self.kernel_size[0] * self.kernel_size[1] * self.offset_groups
+        return (3 if self.modulated else 2) * points
+
+    def convolve(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        mask = None
+        if self.modulated:
+            split = self.offset_channels * 2 // 3
+            offsets, mask_logits = offsets[:, :split], offsets[:, split:]
+            mask = 2 * torch.sigmoid(mask_logits)
+        out = deform_conv2d(x, offsets, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                            dilation=self.dilation, mask=mask)
+        return self._post_norm(out)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.convolve(self.preactivate(x) if self.norm_first else x, offsets)
+
+
+def conv_norm(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
+              groups: int = 1, norm: NormSpec = "BN", norm_first: bool = False,
+              bias: Optional[bool] = None) -> ConvNorm:
+    """A ``kernel_size`` convolution with 'same' padding and its norm (see :class:`ConvNorm`)."""
+    return ConvNorm(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, groups=groups,
+                    norm=norm, norm_first=norm_first, bias=bias)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """``value`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``), as timm
+    and torchvision round squeeze-and-excitation widths, so that their SE weights fit."""
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al.): channels rescaled by a gate computed from their means.
+
+    ``fc1``/``fc2`` are 1x1 convolutions with bias, of ``make_divisible(channels * ratio)``
+    hidden channels (timm's ``SEModule`` layout).
+    """
+
+    def __init__(self, channels: int, ratio: float):
+        super().__init__()
+        hidden = make_divisible(channels * ratio)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * torch.sigmoid(gate)
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero the whole residual branch of a random ``rate`` of the samples and
+    rescale the rest, so that the expectation is unchanged. Identity in eval mode."""
+    if not training or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
 
 
 def freeze_module(module: nn.Module) -> nn.Module:
@@ -70,3 +160,16 @@ def freeze_module(module: nn.Module) -> nn.Module:
     for parameter in module.parameters():
         parameter.requires_grad = False
     return FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+
+
+def freeze_bn_statistics(module: nn.Module) -> None:
+    """Put every BatchNorm in ``module`` in eval mode: its statistics stop updating and are used
+    to normalise, while its affine weight and bias keep training (``MODEL.RESNETS.NORM_EVAL``)."""
+    for m in module.modules():
+        if isinstance(m, _BatchNorm):
+            m.eval()
+
+
+def batch_norm_buffers(module: nn.Module):
+    """The running statistics (and step counters) of every BatchNorm in ``module``."""
+    return [b for m in module.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]

@@ -1,16 +1,19 @@
 """The ResNet body: a stem and stages res2..res5 of residual blocks, as a Detectron2 ``Backbone``."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import contextlib
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .arch import STAGE_NAMES, ResNetArch
 from .blocks import ResidualBlock
-from .layers import freeze_module
+from .layers import batch_norm_buffers, freeze_bn_statistics, freeze_module, get_norm
 from .stems import Stem
 
 
@@ -37,12 +40,85 @@ def make_stage(block_class=ResidualBlock, num_blocks: int = 1, *, in_channels: i
     return blocks
 
 
-def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: int = None) -> List[CNNBlockBase]:
+class Stage(nn.Module):
+    """The blocks of one stage, named ``0``, ``1``... as in Detectron2's ``nn.Sequential`` stages,
+    and indexable like one.
+
+    Args:
+        blocks: the residual blocks, run in order.
+        final_norm: a norm applied, with a ReLU, after the last block: a pre-activation network
+            ends with one, held as ``<stage>.norm``.
+        checkpoint: in training, keep only the stage's input and recompute its activations in
+            the backward pass (less memory, one more forward; gradients are unchanged).
+        norm_eval: keep every BatchNorm of the stage in eval mode, also when the model trains.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], *, final_norm: Optional[nn.Module] = None,
+                 checkpoint: bool = False, norm_eval: bool = False):
+        super().__init__()
+        for i, block in enumerate(blocks):
+            self.add_module(str(i), block)
+        self.num_blocks = len(blocks)
+        self.norm = final_norm
+        self.checkpoint = checkpoint
+        self.norm_eval = norm_eval
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return (getattr(self, str(i)) for i in range(self.num_blocks))
+
+    def __getitem__(self, index: int) -> nn.Module:
+        if not -self.num_blocks <= index < self.num_blocks:
+            raise IndexError(f"block {index} of a stage of {self.num_blocks}")
+        return getattr(self, str(index % self.num_blocks))
+
+    def train(self, mode: bool = True) -> "Stage":
+        super().train(mode)
+        if self.norm_eval:
+            freeze_bn_statistics(self)
+        return self
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.num_blocks):
+            x = getattr(self, str(i))(x)
+        if self.norm is not None:
+            x = F.relu_(self.norm(x))
+        return x
+
+    def _recompute_keeps_statistics(self):
+        # The recomputation runs BatchNorm in training mode a second time; restoring its
+        # running statistics afterwards makes them advance once per step, as without checkpointing.
+        @contextlib.contextmanager
+        def restore_statistics():
+            buffers = batch_norm_buffers(self)
+            saved = [b.clone() for b in buffers]
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for buffer, value in zip(buffers, saved):
+                        buffer.copy_(value)
+
+        return contextlib.nullcontext(), restore_statistics()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                # compiled graphs apply buffer updates once, outside the recomputed region
+                return checkpoint(self._run, x, use_reentrant=False)
+            return checkpoint(self._run, x, use_reentrant=False, context_fn=self._recompute_keeps_statistics)
+        return self._run(x)
+
+
+def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: Optional[int] = None) -> Stage:
     """Stage ``index`` (0 = res2) of ``arch``, taking ``in_channels``."""
     num_blocks = arch.blocks_per_stage[index]
     stride = arch.stage_stride(index) if first_stride is None else first_stride
     bottleneck = arch.block_type == "bottleneck"
-    return make_stage(
+    dilations = arch.block_dilations(index)
+    blocks = make_stage(
         ResidualBlock,
         num_blocks,
         in_channels=in_channels,
@@ -51,9 +127,26 @@ def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: in
         bottleneck_channels=arch.stage_bottleneck_channels(index) if bottleneck else None,
         num_groups=arch.num_groups,
         stride_in_1x1=arch.stride_in_1x1,
-        dilation=arch.stage_dilation(index),
+        first_dilation_per_block=[first for first, _ in dilations],
+        dilation_per_block=[dilation for _, dilation in dilations],
         norm=arch.norm,
+        shortcut_type=arch.shortcut,
+        avg_down=arch.avg_down,
+        preact=arch.preact,
+        se_ratio=arch.se_ratio,
+        deform=arch.deform_on_per_stage[index],
+        deform_modulated=arch.deform_modulated,
+        deform_num_groups=arch.deform_num_groups,
+        drop_path_rate_per_block=arch.block_drop_path_rates(index),
+        zero_init_last=arch.zero_init_residual,
     )
+    # a pre-activation network's outputs are un-normalised sums; its last stage gets the norm
+    final_norm = get_norm(arch.norm, arch.stage_out_channels(index)) if arch.preact and index == 3 else None
+    stage = Stage(blocks, final_norm=final_norm, checkpoint=STAGE_NAMES[index] in arch.checkpoint_stages,
+                  norm_eval=arch.norm_eval)
+    if arch.channels_last:
+        stage.to(memory_format=torch.channels_last)
+    return stage
 
 
 class ResNet(Backbone):
@@ -61,51 +154,70 @@ class ResNet(Backbone):
 
     Args:
         stem: a module with ``out_channels`` and ``stride`` (see :class:`Stem`).
-        stages: lists of blocks; stage ``i`` is registered as ``res{i+2}``.
+        stages: :class:`Stage` objects or lists of blocks; stage ``i`` is registered as ``res{i+2}``.
         out_features: names among ``stem``, ``res2``..``res5``. Stages after the last one
             named are not built.
         freeze_at: 0 trains everything, 1 freezes the stem, ``k`` the stem and ``k - 1`` stages;
             frozen parts get no gradients and their BN layers become FrozenBN.
+        norm_eval: keep the stem's BatchNorm in eval mode also in training (stages carry their own).
+        channels_last: hold the weights and run in ``torch.channels_last`` memory format,
+            converting the input.
     """
 
     make_stage = staticmethod(make_stage)
 
-    def __init__(self, stem: nn.Module, stages: Sequence[Sequence[CNNBlockBase]],
-                 out_features: Sequence[str], freeze_at: int = 0):
+    def __init__(self, stem: nn.Module, stages: Sequence[Union[Stage, Sequence[CNNBlockBase]]],
+                 out_features: Sequence[str], freeze_at: int = 0, *, norm_eval: bool = False,
+                 channels_last: bool = False):
         super().__init__()
         self.stem = stem
         self._out_features = list(out_features)
+        self.norm_eval = norm_eval
+        self.channels_last = channels_last
         stride, channels = stem.stride, stem.out_channels
         self._out_feature_strides: Dict[str, int] = {"stem": stride}
         self._out_feature_channels: Dict[str, int] = {"stem": channels}
 
         self.stage_names = []
         for name, blocks in zip(STAGE_NAMES, stages):
-            self.add_module(name, nn.Sequential(*blocks))
+            stage = blocks if isinstance(blocks, Stage) else Stage(list(blocks))
+            self.add_module(name, stage)
             self.stage_names.append(name)
-            for block in blocks:
+            for block in stage:
                 stride *= block.stride
             self._out_feature_strides[name] = stride
-            self._out_feature_channels[name] = blocks[-1].out_channels
+            self._out_feature_channels[name] = stage[-1].out_channels
         self.stage_names = tuple(self.stage_names)
 
         unknown = [f for f in self._out_features if f not in self._out_feature_strides]
         if unknown:
             raise ValueError(f"out_features {unknown} are not produced; built: {list(self._out_feature_strides)}")
         self.freeze(freeze_at)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_arch(cls, arch: ResNetArch) -> "ResNet":
-        stem = Stem(arch.in_channels, arch.stem_out_channels, norm=arch.norm)
+        stem = Stem(arch.in_channels, arch.stem_out_channels, norm=arch.norm, stem_type=arch.stem_type,
+                    deep_width=arch.stem_width, preact=arch.preact)
         stages, channels = [], stem.out_channels
         for index in range(arch.num_stages):
             stages.append(build_stage(arch, index, channels))
             channels = stages[-1][-1].out_channels
-        return cls(stem, stages, arch.out_features, arch.freeze_at)
+        return cls(stem, stages, arch.out_features, arch.freeze_at, norm_eval=arch.norm_eval,
+                   channels_last=arch.channels_last)
+
+    def train(self, mode: bool = True) -> "ResNet":
+        super().train(mode)
+        if self.norm_eval:
+            freeze_bn_statistics(self.stem)
+        return self
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if x.dim() != 4:
             raise ValueError(f"ResNet takes an (N, C, H, W) tensor; got shape {tuple(x.shape)}")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         outputs = {}
         x = self.stem(x)
         if "stem" in self._out_features:

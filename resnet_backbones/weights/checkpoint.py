@@ -1,18 +1,23 @@
 """Loading weights into a detector with a strict, readable report.
 
-:class:`BackboneCheckpointer` is Detectron2's ``DetectionCheckpointer`` with three changes:
+:class:`BackboneCheckpointer` is Detectron2's ``DetectionCheckpointer`` with four changes:
 ``.pkl`` files are read without unpickling arbitrary objects; a backbone parameter the file
 does not provide (or provides with another shape) is an error listing every such key instead
-of a log line; and the input convention recorded by ``convert_weights`` is compared with the
-config's, warning when they differ.
+of a log line; the input convention recorded by ``convert_weights`` is compared with the
+config's, warning when they differ; and checkpoints are written atomically, so a training run
+killed while saving leaves the previous checkpoint and ``last_checkpoint`` intact.
 """
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any, Dict, List, Optional
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from ..fileio import atomic_output
 
 from .convert import METADATA_KEY
 from .io import WeightsError, load_weights_file
@@ -24,8 +29,17 @@ BODY_PREFIXES = ("backbone.bottom_up.stem.", "backbone.bottom_up.res", "backbone
                  "roi_heads.res5.")
 
 
+#: Parameters a file may lack: deformable offsets start at zero, so ImageNet weights of the plain
+#: network are the intended start of a deformable model (as in Detectron2's dconv configs).
+OPTIONAL_BODY_PARTS = (".conv2_offset.",)
+
+
 def _is_body_key(key: str) -> bool:
     return key.startswith(BODY_PREFIXES) and not key.endswith("num_batches_tracked")
+
+
+def _is_required_body_key(key: str) -> bool:
+    return _is_body_key(key) and not any(part in key for part in OPTIONAL_BODY_PARTS)
 
 
 class ConventionMismatchWarning(UserWarning):
@@ -77,6 +91,28 @@ class BackboneCheckpointer(DetectionCheckpointer):
         finally:
             self._loading = None
 
+    def save(self, name: str, *, tag_last: bool = True, **extra: Any) -> None:
+        """Write ``<save_dir>/<name>.pth`` (model, checkpointables, ``extra``) atomically.
+
+        ``tag_last=False`` leaves ``last_checkpoint`` alone (e.g. for ``model_best``), so that
+        ``--resume`` still continues from the latest iteration.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(extra)
+        basename = f"{name}.pth"
+        self.logger.info("Saving checkpoint to %s", os.path.join(self.save_dir, basename))
+        with atomic_output(os.path.join(self.save_dir, basename)) as f:
+            torch.save(data, f)
+        if tag_last:
+            self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_output(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if not filename.endswith((".pkl", ".pth", ".pt")):
             return super()._load_file(filename)
@@ -101,7 +137,7 @@ class BackboneCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         if incompatible is None or not self.strict_backbone:
             return incompatible
-        missing = sorted(k for k in incompatible.missing_keys if _is_body_key(k))
+        missing = sorted(k for k in incompatible.missing_keys if _is_required_body_key(k))
         wrong = sorted(f"{k}: {tuple(a)} in the file, {tuple(b)} in the model"
                        for k, a, b in incompatible.incorrect_shapes if _is_body_key(k))
         if missing or wrong:

@@ -19,7 +19,8 @@ import torch
 
 from ..modeling.arch import DEPTHS, ConfigError, ResNetArch
 from .io import PathLike, WeightsError, atomic_output, load_weights_file, to_numpy_state_dict, to_tensor_state_dict
-from .naming import SOURCES, body_key, detect_source, rename_state_dict
+from .naming import SOURCES, architecture_hints, body_key, detect_source, rename_state_dict
+from .pretrained import convert_pretrain_checkpoint, is_pretrain_checkpoint
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,9 @@ class ConversionReport:
     notes: List[str] = field(default_factory=list)
 
     def config_items(self) -> List[Tuple[str, Any]]:
-        items = dict(self.arch.config_items())
+        # facts of the weights only; the detector's choices (outputs, freezing, dilation...) stay the user's
+        items = dict(self.arch.weight_config_items())
         items.update(self.convention.config_items())
-        # choices of the detector, not facts of the weights (GN weights do need GN)
-        choices = ["MODEL.RESNETS.OUT_FEATURES", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.RES5_DILATION"]
-        if self.arch.norm != "GN":
-            choices.append("MODEL.RESNETS.NORM")
-        for key in choices:
-            items.pop(key)
         return list(items.items())
 
     def format(self, output: Optional[PathLike] = None) -> str:
@@ -87,11 +83,15 @@ def _abbreviate(keys: List[str], limit: int = 6) -> str:
 
 
 # --------------------------------------------------------------------------- inference
-def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool) -> ResNetArch:
+def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool = False) -> ResNetArch:
     """The :class:`ResNetArch` whose body has exactly the keys and shapes of ``state_dict``.
 
     ``state_dict`` uses Detectron2 names, optionally with detector prefixes. Stride placement
-    leaves no trace in the weights, so it is given.
+    and average-pool downsampling leave no trace in the weights, so they are given (the latter
+    from the source's naming, ``naming.architecture_hints``). Inferred: depth, groups and width,
+    stem type and widths, pre-activation, shortcut option, squeeze-and-excitation ratio and
+    deformable stages (DCN v1 or v2, offset groups; an offset width that fits both, such as 54,
+    is read as v2 with a power-of-two group count).
     """
     body = {bk: v for k, v in state_dict.items() if (bk := body_key(k)) is not None}
     if "stem.conv1.weight" not in body:
@@ -107,24 +107,74 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool) -> ResNetArch:
     if not depths:
         raise WeightsError(f"{block_type} blocks per stage {counts} match no known depth {sorted(DEPTHS)}")
 
-    stem_out = body["stem.conv3.weight" if "stem.conv3.weight" in body else "stem.conv1.weight"].shape[0]
+    deep_stem = "stem.conv3.weight" in body
+    stem_last = "stem.conv3" if deep_stem else "stem.conv1"
+    stem_out = body[f"{stem_last}.weight"].shape[0]
     last_conv = "conv3" if block_type == "bottleneck" else "conv2"
     conv2 = body["res2.0.conv2.weight"]
     width, in_group = conv2.shape[0], conv2.shape[1]
     num_groups = width // in_group if block_type == "bottleneck" else 1
-    has_norm = "stem.conv1.norm.weight" in body
+    res2_out = body[f"res2.0.{last_conv}.weight"].shape[0]
+    norm_weights = sorted(k for k in body if k.endswith(".norm.weight"))
+    norm = ""
+    if norm_weights:
+        norm = "FrozenBN" if norm_weights[0][: -len("weight")] + "running_var" in body else "GN"
+    stages = [s for s in (2, 3, 4, 5) if blocks[s]]
+    modulated, offset_groups = _infer_deform(body, stages)
     return ResNetArch(
         depth=depths[0],
-        out_features=tuple(f"res{s}" for s in range(2, 2 + len(counts))),
-        norm=("FrozenBN" if "stem.conv1.norm.running_var" in body else "GN") if has_norm else "",
+        out_features=tuple(f"res{s}" for s in stages),
+        norm=norm,
         num_groups=num_groups,
         width_per_group=width // num_groups if block_type == "bottleneck" else 64,
         stride_in_1x1=stride_in_1x1,
         stem_out_channels=stem_out,
-        res2_out_channels=body[f"res2.0.{last_conv}.weight"].shape[0],
+        res2_out_channels=res2_out,
         freeze_at=0,
         in_channels=body["stem.conv1.weight"].shape[1],
+        stem_type="deep" if deep_stem else "basic",
+        stem_width=body["stem.conv1.weight"].shape[0] if deep_stem else ResNetArch.stem_width,
+        # a pre-activation stem leaves its output to the first block's norm
+        preact=bool(norm_weights) and f"{stem_last}.norm.weight" not in body,
+        shortcut=_infer_shortcut(body, blocks, stem_out != res2_out),
+        avg_down=avg_down,
+        se_ratio=_infer_se_ratio(body, stages),
+        deform_on_per_stage=tuple(f"res{s}.0.conv2_offset.weight" in body for s in (2, 3, 4, 5)),
+        deform_modulated=modulated,
+        deform_num_groups=offset_groups,
     ).validated()
+
+
+def _infer_shortcut(body: Dict[str, Any], blocks: Dict[int, set], res2_reshapes: bool) -> str:
+    projects = {(s, b) for s in blocks for b in blocks[s] if f"res{s}.{b}.shortcut.weight" in body}
+    if any(b > 0 for _, b in projects):
+        return "C"
+    # option B projects in the first block of every stage that changes the shape
+    reshaping = {(s, 0) for s in blocks if blocks[s] and (s > 2 or res2_reshapes)}
+    return "A" if reshaping - projects else "B"
+
+
+def _infer_se_ratio(body: Dict[str, Any], stages: List[int]) -> float:
+    if "res2.0.se.fc1.weight" not in body:
+        return 0.0
+    # the widest stage rounds least, so gives the ratio the closest
+    hidden, channels = body[f"res{stages[-1]}.0.se.fc1.weight"].shape[:2]
+    return hidden / channels
+
+
+def _infer_deform(body: Dict[str, Any], stages: List[int]) -> Tuple[bool, int]:
+    offsets = [body[k].shape[0] for s in stages if (k := f"res{s}.0.conv2_offset.weight") in body]
+    if not offsets:
+        return False, 1
+    # 9 sampling points per offset group: 2 coordinates each, and a mask value with DCN v2
+    channels = offsets[0]
+    v2_groups = channels // 27 if channels % 27 == 0 else 0
+    if v2_groups and (channels % 18 or v2_groups & (v2_groups - 1) == 0):
+        return True, v2_groups
+    if channels % 18:
+        raise WeightsError(f"deformable offsets with {channels} channels fit neither DCN v1 (18 per offset "
+                           "group) nor v2 (27 per group)")
+    return False, channels // 18
 
 
 def check_against_arch(state_dict: Dict[str, Any], arch: ResNetArch) -> None:
@@ -177,19 +227,23 @@ def convert_state_dict(
         raise WeightsError(f"{path}: cannot tell which family these weights come from (first keys: "
                            f"{_abbreviate(sorted(state_dict))}); pass --source, one of {SOURCES}")
     renamed, dropped, unplaced = rename_state_dict(state_dict, source)
+    try:
+        hints, hint_notes = architecture_hints(state_dict.keys(), source)
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from None
     if unplaced:
         raise WeightsError(f"{path}: {len(unplaced)} keys have no place in a {source} ResNet: "
                            + ", ".join(unplaced))
     renamed = to_tensor_state_dict(renamed)
     recorded = (metadata or {}).get(METADATA_KEY, {}).get("convention")
     convention = convention or (InputConvention(**recorded) if recorded else DEFAULT_CONVENTIONS[source])
-    notes = []
+    notes = list(hint_notes)
     if source == "detectron2" and not recorded:
         notes.append("Detectron2 checkpoints do not record their input convention; assumed MSRA's "
                      "(BGR, stride in 1x1). Most model-zoo weights use it; X-101-32x8d uses "
                      "STRIDE_IN_1X1: False and RGB torchvision statistics.")
     try:
-        inferred = infer_arch(renamed, convention.stride_in_1x1)
+        inferred = infer_arch(renamed, convention.stride_in_1x1, **hints)
     except ConfigError as e:
         raise WeightsError(f"{path}: {e}") from None
     target = arch or inferred
@@ -210,8 +264,12 @@ def convert_weights(
     convention: Optional[InputConvention] = None,
     arch: Optional[ResNetArch] = None,
     allow_unsafe_pickle: bool = False,
+    ema: bool = False,
 ) -> ConversionReport:
     """Convert the weights in ``input_path`` and write them to ``output_path`` (``.pth`` or ``.pkl``).
+
+    A checkpoint of ``tools/pretrain_imagenet.py`` is recognised: its stored config gives the
+    architecture, its recorded convention is kept, and ``ema`` picks its EMA weights.
 
     Raises :class:`WeightsError` naming every key that cannot be placed or whose shape does not
     fit; nothing is written then. The output appears atomically.
@@ -223,6 +281,11 @@ def convert_weights(
     if source is not None and source not in SOURCES:
         raise WeightsError(f"--source {source!r}: expected one of {SOURCES}")
     obj = load_weights_file(input_path, allow_unsafe_pickle=allow_unsafe_pickle)
+    if is_pretrain_checkpoint(obj):
+        return convert_pretrain_checkpoint(obj, input_path, output_path, ema=ema, arch=arch, convention=convention)
+    if ema:
+        raise WeightsError(f"{input_path}: --ema applies to checkpoints of tools/pretrain_imagenet.py, "
+                           "which keep an EMA of the weights; this file holds one set of weights")
     state_dict, metadata = split_checkpoint(obj, input_path)
     renamed, report = convert_state_dict(state_dict, source, convention=convention, arch=arch,
                                          metadata=metadata, path=input_path)

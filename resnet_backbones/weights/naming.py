@@ -16,6 +16,8 @@ _NORM_SUFFIXES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 def detect_source(keys: Iterable[str]) -> Optional[str]:
     """The family of a state dict from its key names, or None when nothing fits."""
     keys = list(keys)
+    if any(re.match(r"stages\.[0-3]\.blocks\.\d+\.", k) for k in keys):
+        return "timm"  # timm's ResNetV2 (pre-activation)
     if any(re.match(r"layer[1-4]\.\d+\.", k) for k in keys):
         timm_only = ("conv1.0.weight" in keys
                      or any(re.search(r"\.(se|downsample\.2)\.", k) or k.endswith("downsample.2.weight")
@@ -50,13 +52,55 @@ def _torchvision_rules(deep_stem: bool, avg_down: bool) -> List[Tuple[str, str]]
     ]
 
 
+def _resnetv2_rules() -> List[Tuple[str, str]]:
+    # timm's ResNetV2: the norm *before* convK is normK, which is our convK.norm (ConvNorm with
+    # norm_first); the projection has no norm; the network's final norm closes res5.
+    return [
+        (r"^stem\.conv\.weight$", "stem.conv1.weight"),
+        (r"^stem\.conv([123])\.weight$", r"stem.conv\1.weight"),
+        (rf"^stem\.norm([12])\.{_NORM_SUFFIXES}$", r"stem.conv\1.norm.\2"),
+        (r"^stages\.([0-3])\.blocks\.(\d+)\.conv(\d)\.weight$", r"stage<\1>.\2.conv\3.weight"),
+        (rf"^stages\.([0-3])\.blocks\.(\d+)\.norm(\d)\.{_NORM_SUFFIXES}$", r"stage<\1>.\2.conv\3.norm.\4"),
+        (r"^stages\.([0-3])\.blocks\.(\d+)\.downsample\.conv\.weight$", r"stage<\1>.\2.shortcut.weight"),
+        (rf"^norm\.{_NORM_SUFFIXES}$", r"res5.norm.\1"),
+    ]
+
+
+def _is_resnetv2(keys: Iterable[str]) -> bool:
+    return any(k.startswith("stages.") for k in keys)
+
+
 def _rename(key: str, rules: List[Tuple[str, str]]) -> Optional[str]:
     for pattern, replacement in rules:
         if re.match(pattern, key):
             new = re.sub(pattern, replacement, key)
-            # torchvision's layer1..layer4 are Detectron2's res2..res5
-            return re.sub(r"res<(\d)>", lambda m: f"res{int(m.group(1)) + 1}", new)
+            # torchvision's layer1..layer4 and timm's stages.0..3 are Detectron2's res2..res5
+            new = re.sub(r"res<(\d)>", lambda m: f"res{int(m.group(1)) + 1}", new)
+            return re.sub(r"stage<(\d)>", lambda m: f"res{int(m.group(1)) + 2}", new)
     return None
+
+
+def architecture_hints(keys: Iterable[str], source: str) -> Tuple[Dict[str, bool], List[str]]:
+    """Architecture facts that only a family's naming shows, as ``ResNetArch`` fields, and notes.
+
+    Average-pool downsampling (ResNet-D) has no parameters, so once renamed the weights do not
+    show it; timm's ResNet names its projection ``downsample.1`` instead of ``downsample.0``
+    then. Raises ``ValueError`` for timm models whose computation this package does not have.
+    """
+    keys = list(keys)
+    if source != "timm":
+        return {}, []
+    if not _is_resnetv2(keys):
+        return {"avg_down": any(".downsample.2." in k for k in keys)}, []
+    has_running_stats = any(k.endswith(".running_var") for k in keys)
+    if "stem.conv.weight" in keys and not has_running_stats:
+        raise ValueError("timm ResNetV2 with a 7x7 stem and GroupNorm is a BiT model, whose weight-"
+                         "standardised convolutions and 'fixed' stem padding this package does not have")
+    if "stem.conv1.weight" in keys:
+        # the two projection layouts have the same names in ResNetV2
+        return {"avg_down": True}, ["timm ResNetV2 with a deep stem: average-pool downsampling assumed "
+                                    "(every such timm model uses it: resnetv2_*d)"]
+    return {"avg_down": False}, []
 
 
 CLASSIFIER_PREFIXES = ("fc.", "linear.", "head.", "classifier.")
@@ -74,8 +118,11 @@ def rename_state_dict(state_dict: Dict, source: str) -> Tuple[Dict, List[str], L
     renamed, dropped, unplaced = {}, [], []
     if source == "caffe2":
         return _rename_caffe2(state_dict)
-    rules = _torchvision_rules(deep_stem="conv1.0.weight" in state_dict,
-                               avg_down=any(".downsample.2." in k for k in state_dict))
+    if _is_resnetv2(state_dict):
+        rules = _resnetv2_rules()
+    else:
+        rules = _torchvision_rules(deep_stem="conv1.0.weight" in state_dict,
+                                   avg_down=any(".downsample.2." in k for k in state_dict))
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked") or key.startswith(CLASSIFIER_PREFIXES):
             dropped.append(key)
