@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow demo bench clean
 
 install: $(STAMP)
 
@@ -17,8 +17,15 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow
 
+# Synthetic data, Mask R-CNN R-18-FPN trained on CPU, COCO mAP, pictures: output/demo/
 demo: install
-	$(PY) -m resnet_backbones
+	$(PY) tools/demo.py --output-dir output/demo
+
+# Ours against Detectron2's ResNet and pycocotools (README "Benchmarks"); the full run by default,
+# `make bench BENCH_ARGS=--quick` for the 2-minute one.
+BENCH_ARGS ?=
+bench: install
+	$(PY) tools/benchmark.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

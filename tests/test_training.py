@@ -122,7 +122,8 @@ def test_killed_run_resumes_at_the_saved_iteration_with_the_same_schedule(tmp_pa
     # the learning rate drops at iteration 10: a schedule restarted at the resume point would
     # still be at the base rate when the run ends at 12
     args = ["--config-file", str(DEMO_CONFIG), *tiny_shapes,
-            *small_run(out, 12, "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", "4",
+            *small_run(out, 12, "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.BASE_LR", "0.01",
+                       "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", "4",
                        "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()")]
     first = subprocess.Popen([sys.executable, str(TOOL), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tag = out / "last_checkpoint"
@@ -145,7 +146,7 @@ def test_killed_run_resumes_at_the_saved_iteration_with_the_same_schedule(tmp_pa
     assert final["iteration"] == 11
     assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 12
     optimizer = final["trainer"]["_trainer"]["optimizer"]
-    assert optimizer["state"], "no momentum buffers saved"
+    assert optimizer["state"], "no optimizer state (AdamW's moments) saved"
     assert [group["lr"] for group in optimizer["param_groups"]] == pytest.approx(
         [0.01 * 0.1] * len(optimizer["param_groups"]))
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from resnet_backbones.data import IMAGEFOLDER_CLASSES, ensure_imagefolder, ensure_synthetic_coco
+from resnet_backbones.data import DEMO_STYLE, IMAGEFOLDER_CLASSES, ensure_imagefolder, ensure_synthetic_coco
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     coco.add_argument("--image-size", type=int, default=256, help="square images, pixels per side")
     coco.add_argument("--seed", type=int, default=0)
     coco.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    coco.add_argument("--demo-style", action="store_true",
+                      help="the style of make demo and the registered synthetic_shapes_* datasets")
 
     folder = kinds.add_parser(
         "imagefolder", help="ImageNet-style classification folders (train/, val/)"
@@ -67,6 +69,7 @@ def _generate(args: argparse.Namespace) -> None:
             args.num_val,
             args.seed,
             args.image_size,
+            style=DEMO_STYLE if args.demo_style else None,
             force=args.force,
         )
         for split_name, json_path in jsons.items():

@@ -12,6 +12,7 @@ from .datasets import (
 )
 from .synthetic_coco import (
     CATEGORIES,
+    DEMO_STYLE,
     GENERATOR_VERSION,
     SYNTHETIC_COCO_SPLITS,
     Scene,
@@ -33,6 +34,7 @@ from .synthetic_imagefolder import (
 __all__ = [
     "CATEGORIES",
     "COCO_2017_SPLITS",
+    "DEMO_STYLE",
     "GENERATOR_VERSION",
     "IMAGEFOLDER_CLASSES",
     "SYNTHETIC_COCO_NAMES",

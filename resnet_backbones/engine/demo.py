@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from ..cli import exits_cleanly
 from ..config import load_config
-from ..data import ensure_synthetic_coco, register_synthetic_coco
+from ..data import DEMO_STYLE, ensure_synthetic_coco, register_synthetic_coco
 from ..fileio import write_json_atomic
 from .reports import draw_predictions, plot_training_curves
 from .train_net import synthetic_root
@@ -49,7 +49,7 @@ def run_demo(output_dir: str = "output/demo", config_file: str = str(DEMO_CONFIG
     logger = logging.getLogger("resnet_backbones.demo")
 
     root = data_root or synthetic_root()
-    ensure_synthetic_coco(root, num_train=num_train, num_val=num_val)
+    ensure_synthetic_coco(root, num_train=num_train, num_val=num_val, style=DEMO_STYLE)
     register_synthetic_coco(root)
     # a fresh run: Detectron2's JSONWriter appends, and the curves must be this run's
     (output / "metrics.json").unlink(missing_ok=True)

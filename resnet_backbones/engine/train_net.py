@@ -25,7 +25,7 @@ from detectron2.utils import comm
 
 from ..cli import exits_cleanly
 from ..config import load_config
-from ..data import (SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
+from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
                     register_dataset_specs, register_synthetic_coco)
 from ..data.datasets import SPEC_SYNTAX, parse_dataset_spec
 from ..weights.checkpoint import BackboneCheckpointer
@@ -53,7 +53,7 @@ def register_datasets(cfg, specs: Sequence[str]) -> None:
     register_dataset_specs(specs)
     if set(SYNTHETIC_COCO_NAMES) & set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
         if comm.is_main_process():
-            ensure_synthetic_coco(synthetic_root())
+            ensure_synthetic_coco(synthetic_root(), style=DEMO_STYLE)
         comm.synchronize()
         register_synthetic_coco(synthetic_root())
 

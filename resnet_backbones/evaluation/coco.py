@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..fileio import write_json_atomic
-from .backends import resolve_max_dets, run_coco_eval
+from .backends import gc_paused, resolve_max_dets, run_coco_eval
 from .inputs import (
     AnnotationsSource,
     COCOEvaluationInputError,
@@ -120,11 +120,12 @@ def evaluate_coco(
             entry. An empty result list is not an error: it warns (:class:`EmptyResultsWarning`)
             and evaluates to 0.
     """
-    ground_truth = load_ground_truth(annotations, iou_type)
-    checked_results = load_results(results, ground_truth, iou_type)
-    evaluator = run_coco_eval(
-        ground_truth, checked_results, iou_type, backend=backend, max_dets=max_dets
-    )
+    with gc_paused():  # reading and checking build millions of small objects: see gc_paused
+        ground_truth = load_ground_truth(annotations, iou_type)
+        checked_results = load_results(results, ground_truth, iou_type)
+        evaluator = run_coco_eval(
+            ground_truth, checked_results, iou_type, backend=backend, max_dets=max_dets
+        )
     metrics = {
         metric.name: _percent(value)
         for metric, value in zip(summary_metrics(iou_type, max_dets), evaluator.stats)

@@ -1,0 +1,395 @@
+"""The fast paths give the results of the plain path, and the benchmark runs.
+
+Correctness only: speed is what ``tools/benchmark.py`` reports, never asserted here.
+- norm folding (``resnet_backbones.modeling.fold``): equal outputs within 1e-4;
+- ``MODEL.RESNETS.CHANNELS_LAST``: equal outputs;
+- ``torch.compile``: the backbone compiles as one graph (no graph breaks), equal outputs;
+- ``MODEL.RESNETS.CHECKPOINT_STAGES``: equal outputs and gradients, and at least 40% less peak
+  training memory of the backbone, measured as the benchmark measures it
+  (:func:`resnet_backbones.benchmark.timing.peak_memory_bytes`);
+- the benchmark's ``main`` on tiny settings writes the JSON it documents.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from detectron2.modeling import build_backbone, build_model
+from torch import nn
+
+from resnet_backbones.benchmark import main as benchmark_main
+from resnet_backbones.benchmark.models import backbone_cfg, mask_rcnn_cfg
+from resnet_backbones.benchmark.timing import peak_memory_bytes
+from resnet_backbones.config import NEW_KEYS
+from resnet_backbones.modeling.fold import fold_norms, folded_convs
+
+from conftest import randomize_norms
+
+CPU = torch.device("cpu")
+
+# pycocotools' mask code under NumPy 2 warns on every mask (in the benchmark's COCO section).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+STAGES = ["res2", "res3", "res4", "res5"]
+
+
+def build(depth=18, kind="fpn", freeze_at=2, **resnets):
+    cfg = backbone_cfg(depth, kind, CPU, **resnets)
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    torch.manual_seed(0)
+    return randomize_norms(build_backbone(cfg)).eval(), cfg
+
+
+def outputs_close(a, b, atol=1e-4):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].abs().max() > 1e-2, "degenerate comparison"
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0)
+
+
+def image(h=64, w=96, seed=1, batch=2):
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def norm_convs(model):
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and getattr(m, "norm", None) is not None]
+
+
+# ---- folding --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth, kind, norm, fpn_norm", [
+    (50, "plain", "FrozenBN", ""),
+    (50, "fpn", "FrozenBN", ""),
+    (18, "fpn", "BN", "BN"),  # eval-mode BN, also in the FPN
+    (50, "plain", "SyncBN", ""),  # plain BN in one process
+])
+def test_folding_equals_unfolded(depth, kind, norm, fpn_norm):
+    model, cfg = build(depth, kind, freeze_at=0, NORM=norm)
+    if fpn_norm:
+        cfg = cfg.clone()
+        cfg.MODEL.FPN.NORM = fpn_norm
+        torch.manual_seed(0)
+        model = randomize_norms(build_backbone(cfg)).eval()
+    before = len(norm_convs(model))
+    folded = fold_norms(model)
+    assert len(folded_convs(folded)) == before > 0
+    assert not norm_convs(folded), "every FrozenBN/eval BN is folded"
+    assert len(norm_convs(model)) == before, "the original is untouched (folding works on a copy)"
+    x = image(64, 64, batch=1)
+    with torch.no_grad():
+        outputs_close(folded(x), model(x))
+
+
+@pytest.mark.skipif("MODEL.RESNETS.PREACT" not in NEW_KEYS, reason="no pre-activation variant")
+def test_folding_leaves_pre_activation_norms_alone():
+    """A pre-activation norm acts on the convolution's input (through a ReLU): not foldable."""
+    model, _ = build(18, "plain", freeze_at=0, NORM="BN", PREACT=True)
+    pre = [m for m in norm_convs(model) if getattr(m, "norm_first", False)]
+    assert pre
+    folded = fold_norms(model)
+    assert not any(name in folded_convs(folded) for name, m in model.named_modules() if m in pre)
+    x = image(64, 64, batch=1)
+    with torch.no_grad():
+        outputs_close(folded(x), model(x))
+
+
+def test_folding_in_place_keeps_dtype_requires_grad_and_leaves_other_norms():
+    model, _ = build(18, "plain", freeze_at=0, NORM="GN")  # GN is no fixed affine map: not folded
+    assert fold_norms(model, inplace=True) is model
+    assert folded_convs(model) == ()
+    model, _ = build(18, "plain", freeze_at=0, NORM="BN")
+    model.train()  # BN in training mode normalizes with batch statistics: not folded
+    assert folded_convs(fold_norms(model)) == ()
+    model.eval()
+    conv = model.stem.conv1
+    requires_grad = conv.weight.requires_grad
+    fold_norms(model, inplace=True)
+    assert conv.norm is None and conv.bias is not None
+    assert conv.weight.dtype == conv.bias.dtype == torch.float32
+    assert conv.weight.requires_grad == conv.bias.requires_grad == requires_grad
+
+
+def test_folding_applies_after_loading_unfolded_checkpoints():
+    """Checkpoints load into the unfolded model as always; folding comes after."""
+    model, cfg = build(18, "fpn")
+    state = model.state_dict()
+    assert any(k.endswith("conv1.norm.running_var") for k in state)
+    fresh = build_backbone(cfg).eval()
+    fresh.load_state_dict(state, strict=True)
+    folded = fold_norms(fresh)
+    assert not any(".norm." in k for k in folded.state_dict() if "fpn" not in k)
+    with torch.no_grad():
+        outputs_close(folded(image()), model(image()))
+
+
+def test_folding_a_whole_detector_in_eval_mode():
+    cfg = mask_rcnn_cfg(18, CPU)
+    torch.manual_seed(0)
+    model = randomize_norms(build_model(cfg)).eval()
+    folded = fold_norms(model)
+    assert len(folded_convs(folded)) == len(norm_convs(model)) > 0
+    x = image(128, 128, batch=2)
+    with torch.no_grad():
+        a = model.backbone(x)
+        b = folded.backbone(x)
+    outputs_close(a, b)
+
+
+# ---- channels_last ----------------------------------------------------------------------------
+
+needs_key = pytest.mark.skipif(
+    "MODEL.RESNETS.CHANNELS_LAST" not in NEW_KEYS or "MODEL.RESNETS.CHECKPOINT_STAGES" not in NEW_KEYS,
+    reason="CHANNELS_LAST / CHECKPOINT_STAGES config keys not present",
+)
+
+
+@needs_key
+@pytest.mark.parametrize("depth, kind", [(50, "plain"), (18, "fpn")])
+def test_channels_last_equals_contiguous(depth, kind):
+    model, cfg = build(depth, kind)
+    cl_cfg = cfg.clone()
+    cl_cfg.MODEL.RESNETS.CHANNELS_LAST = True
+    cl_model = build_backbone(cl_cfg).eval()
+    cl_model.load_state_dict(model.state_dict(), strict=True)
+    x = image(64, 64, batch=1)
+    with torch.no_grad():
+        expected, actual = model(x), cl_model(x)  # the model converts its (contiguous) input itself
+    outputs_close(actual, expected)
+    assert all(v.is_contiguous(memory_format=torch.channels_last) for v in actual.values()), \
+        "features stay channels_last through the backbone and FPN"
+    with torch.no_grad():
+        outputs_close(fold_norms(cl_model)(x), expected)  # folding keeps working in channels_last
+
+
+# ---- torch.compile ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["plain", "fpn"])
+def test_backbone_compiles_without_graph_breaks_and_equals_eager(kind):
+    model, _ = build(18, kind)
+    x = image(64, 64, batch=1)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    # fullgraph=True fails on any graph break; aot_eager traces forward and backward graphs as
+    # inductor does, without its (minutes-long on CPU) code generation.
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        outputs_close(compiled(x), model(x), atol=1e-5)
+    torch._dynamo.reset()
+
+
+@needs_key
+def test_fast_paths_together_compile_without_graph_breaks():
+    model, cfg = build(18, "fpn")
+    cfg = cfg.clone()
+    cfg.MODEL.RESNETS.CHANNELS_LAST = True
+    fast = build_backbone(cfg).eval()
+    fast.load_state_dict(model.state_dict())
+    fast = fold_norms(fast)
+    x = image(64, 64, batch=1)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(fast)(x).graph_break_count == 0
+    with torch.no_grad():
+        outputs_close(torch.compile(fast, fullgraph=True, backend="aot_eager")(x), model(x))
+    torch._dynamo.reset()
+
+
+@needs_key
+def test_training_with_checkpointing_compiles_without_graph_breaks():
+    cfg = backbone_cfg(18, "plain", CPU, NORM="BN", CHECKPOINT_STAGES=STAGES)
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    torch.manual_seed(0)
+    model = build_backbone(cfg).train()
+    x = image(64, 64, batch=2)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+
+
+# ---- activation checkpointing ---------------------------------------------------------------
+
+
+def training_step(model, x):
+    model.zero_grad(set_to_none=False)
+    outputs = model(x)
+    sum(o.pow(2).mean() for o in outputs.values()).backward()
+    return {k: v.detach() for k, v in outputs.items()}
+
+
+@needs_key
+def test_checkpointing_gives_equal_results_and_saves_memory():
+    cfg = backbone_cfg(50, "fpn", CPU, NORM="BN")
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    torch.manual_seed(0)
+    plain = randomize_norms(build_backbone(cfg)).train()
+    ckpt_cfg = cfg.clone()
+    ckpt_cfg.MODEL.RESNETS.CHECKPOINT_STAGES = list(STAGES)
+    ckpt = build_backbone(ckpt_cfg).train()
+    ckpt.load_state_dict(plain.state_dict(), strict=True)
+    x = image(128, 128, batch=2)
+
+    outputs_plain, outputs_ckpt = training_step(plain, x), training_step(ckpt, x)
+    outputs_close(outputs_ckpt, outputs_plain, atol=1e-5)
+    grads_plain = dict((n, p.grad) for n, p in plain.named_parameters() if p.requires_grad)
+    grads_ckpt = dict((n, p.grad) for n, p in ckpt.named_parameters() if p.requires_grad)
+    assert grads_plain.keys() == grads_ckpt.keys()
+    for name in grads_plain:
+        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+    for (name, a), (_, b) in zip(plain.named_buffers(), ckpt.named_buffers()):
+        torch.testing.assert_close(b, a, msg=f"BN statistics advance once per step: {name}")
+
+    # Gradients are allocated by the steps above: the peak is what the step adds (activations).
+    peak_plain = peak_memory_bytes(lambda: training_step(plain, x), CPU)
+    peak_ckpt = peak_memory_bytes(lambda: training_step(ckpt, x), CPU)
+    assert peak_plain and peak_ckpt
+    print(f"peak training memory: {peak_plain / 2**20:.1f} MiB, checkpointing {peak_ckpt / 2**20:.1f} MiB")
+    assert peak_ckpt <= 0.6 * peak_plain, f"{peak_ckpt / 2**20:.1f} MiB vs {peak_plain / 2**20:.1f} MiB"
+
+
+def test_peak_memory_measures_what_a_call_allocates():
+    def allocate():
+        a = torch.empty(4 * 2**20, dtype=torch.uint8)  # 4 MiB, freed at once
+        b = torch.empty(8 * 2**20, dtype=torch.uint8)
+        del a, b
+
+    peak = peak_memory_bytes(allocate, CPU)
+    assert 12 * 2**20 <= peak < 13 * 2**20
+
+
+# ---- the benchmark ----------------------------------------------------------------------------
+
+
+def test_benchmark_quick_writes_its_json(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    status = benchmark_main([
+        "--quick", "--only", "inference", "coco", "pipeline", "--threads", "1",
+        "--depths", "18", "--kinds", "plain", "--sizes", "64x64", "--no-channels-last",
+        "--min-repeats", "1", "--max-repeats", "1", "--warmup", "1",
+        "--eval-images", "12", "--eval-detections", "20",
+        "--pipeline-images", "8", "--pipeline-workers", "0",
+        "--cache-dir", str(tmp_path / "cache"), "--output", str(output),
+    ])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "Backbone inference" in printed and "COCO evaluation" in printed and "Goals" in printed
+    results = json.loads(output.read_text())
+    assert results["sections"] == ["inference", "coco", "pipeline"]
+    assert {"cpu", "cpu_cores_available", "torch_threads", "torch", "device"} <= results["machine"].keys()
+    assert results["command"].startswith("python tools/benchmark.py --quick")
+
+    inference = results["inference"]["rows"]
+    assert [r["variant"] for r in inference] == ["detectron2", "ours", "ours+fold"]
+    for row in inference:
+        assert row["images_per_s"] > 0 and row["ratio_vs_detectron2"] > 0
+        assert row["model"] == "R-18" and row["size"] == "64x64" and len(row["times_s"]) == 1
+    diffs = results["inference"]["checks"][0]["max_abs_diff"]
+    assert diffs["detectron2"] == 0.0 and diffs["ours+fold"] < 1e-4
+
+    coco = results["coco"]["rows"]
+    assert {(r["iou_type"], r["tool"]) for r in coco} == {
+        (iou, tool) for iou in ("bbox", "segm") for tool in ("pycocotools", "evaluate_coco (faster-coco-eval)")}
+    assert all(r["identical"] and len(r["stats"]) == 12 for r in coco)
+
+    pipeline = results["pipeline"]["rows"]
+    assert [r["workers"] for r in pipeline] == [0] and pipeline[0]["images"] == 8
+
+    goals = {g["goal"]: g for g in results["goals"]}
+    assert any(name.startswith("COCO evaluation") for name in goals)
+    assert all(isinstance(g["met"], (bool, type(None))) for g in goals.values())
+
+
+def test_benchmark_training_section_on_a_tiny_model(tmp_path):
+    output = tmp_path / "bench.json"
+    status = benchmark_main([
+        "--quick", "--only", "training", "--threads", "1", "--depths", "18", "--train-size", "64x64",
+        "--train-repeats", "1", "--train-overrides", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+        "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "--output", str(output),
+    ])
+    assert status == 0
+    training = json.loads(output.read_text())["training"]
+    rows = {r["variant"]: r for r in training["rows"]}
+    assert set(rows) == {"detectron2", "ours"}
+    assert rows["ours"]["step_s"] > 0 and rows["ours"]["peak_memory_bytes"] > 0
+    assert rows["detectron2"]["max_abs_loss_diff_vs_ours"] < 1e-4, "same weights, same losses"
+    if "MODEL.RESNETS.CHECKPOINT_STAGES" in NEW_KEYS:
+        memory = training["backbone_memory"]
+        assert {(r["norm"], r["variant"]) for r in memory} == {
+            (n, v) for n in ("FrozenBN", "BN") for v in ("ours", "ours+checkpointing")}
+        for row in memory:
+            if row["variant"] == "ours+checkpointing":
+                assert row["max_abs_output_diff_vs_ours"] < 1e-5 and row["max_abs_grad_diff_vs_ours"] < 1e-5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "64"], "HEIGHTxWIDTH"),
+    (["--sizes", "70x70", "--kinds", "fpn"], "multiples of 32"),
+    (["--depths", "42"], "--depths [42]"),
+    (["--eval-images", "0"], "--eval-images must be at least 1"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--threads", "0"], "error"),
+])
+def test_benchmark_rejects_bad_arguments(argv, message, capsys):
+    try:
+        status = benchmark_main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+
+
+
+
+# ---- the COCO evaluation fast path ------------------------------------------------------------
+
+
+def test_fast_coco_evaluation_path_is_active_and_gives_pycocotools_numbers():
+    """evaluate_coco's faster-coco-eval backend loads results and computes mask IoUs its own way
+    (resnet_backbones.evaluation.backends): same 12 numbers as pycocotools, bit for bit."""
+    from resnet_backbones.evaluation import backends, evaluate_coco, run_coco_eval
+    from resnet_backbones.evaluation.synthetic_results import synthetic_ground_truth, synthetic_results
+
+    selected = backends._load_backend("faster-coco-eval")
+    assert selected.fast_results and selected.segm_cocoeval_class is not None, \
+        "faster-coco-eval's internals changed: the segm fast path is off"
+    ground_truth = synthetic_ground_truth(40, seed=7)  # polygons, crowd RLE, empty images
+    for iou_type in ("bbox", "segm"):
+        results = synthetic_results(ground_truth, iou_type, detections_per_image=30, seed=8)
+        fast = run_coco_eval(ground_truth, results, iou_type, backend="faster-coco-eval")
+        reference = run_coco_eval(ground_truth, results, iou_type, backend="pycocotools")
+        assert list(fast.stats) == list(reference.stats)
+        # C++ and Python accumulate precision in different orders: 1-ulp differences, as ever.
+        assert abs(fast.eval["precision"] - reference.eval["precision"]).max() <= 1e-12
+        if iou_type == "segm":
+            assert type(fast).__name__ == "COCOevalFasterMaskIoU" and fast._pycocotools_ious
+            assert fast.params.compute_rle, "params are restored after evaluate()"
+    # Mask results that carry boxes: COCO then takes areas from the boxes (loadRes's rule).
+    segm = synthetic_results(ground_truth, "segm", detections_per_image=30, seed=8)
+    boxes = synthetic_results(ground_truth, "bbox", detections_per_image=30, seed=8)
+    with_boxes = [dict(s, bbox=b["bbox"]) for s, b in zip(segm, boxes)]
+    fast = evaluate_coco(ground_truth, with_boxes, "segm", backend="faster-coco-eval")
+    reference = evaluate_coco(ground_truth, with_boxes, "segm", backend="pycocotools")
+    assert fast == reference
+
+
+def test_gc_paused_restores_the_collector():
+    import gc
+
+    from resnet_backbones.evaluation.backends import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()
