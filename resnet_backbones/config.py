@@ -84,9 +84,14 @@ def load_config(config_file: str, overrides: Optional[List[str]] = None) -> CN:
         cfg.merge_from_file(str(path))
     except KeyError as e:
         raise ValueError(f"{config_file}: {e.args[0] if e.args else e}") from None
+    return merge_overrides(cfg, overrides)
+
+
+def merge_overrides(cfg: CN, overrides: Optional[List[str]]) -> CN:
+    """Apply ``KEY VALUE`` pairs; an unknown key or a bad value raises ``ValueError`` naming them."""
     if overrides:
         try:
             cfg.merge_from_list(list(overrides))
         except (KeyError, AssertionError, ValueError) as e:
-            raise ValueError(f"command-line overrides {overrides}: {e.args[0] if e.args else e}") from None
+            raise ValueError(f"command-line overrides {list(overrides)}: {e.args[0] if e.args else e}") from None
     return cfg

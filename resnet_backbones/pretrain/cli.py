@@ -8,7 +8,8 @@ from typing import List, Optional
 from ..cli import exits_cleanly
 from ..weights.io import load_weights_file
 from ..weights.pretrained import PRETRAIN_FORMAT_VERSION, is_pretrain_checkpoint
-from .config import config_differences, config_from_yaml_text, load_pretrain_config, merge_overrides, validate
+from ..config import merge_overrides
+from .config import config_differences, config_from_yaml_text, load_pretrain_config, validate
 from .engine import CHECKPOINT_NAME, pretrain
 
 #: flag -> (config key, value written for a store_true flag)

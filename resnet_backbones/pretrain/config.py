@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode as CN
 
-from ..config import get_default_config
+from ..config import get_default_config, merge_overrides
 from ..modeling.arch import ConfigError, ResNetArch
 from ..weights.convert import TORCHVISION_CONVENTION, InputConvention
 
@@ -101,15 +101,6 @@ def config_from_yaml_text(text: str) -> CN:
     except KeyError as e:
         raise ValueError(f"the checkpoint's config has a key this version does not know: "
                          f"{e.args[0] if e.args else e}") from None
-    return cfg
-
-
-def merge_overrides(cfg: CN, overrides: Sequence[str]) -> CN:
-    if overrides:
-        try:
-            cfg.merge_from_list(list(overrides))
-        except (KeyError, AssertionError, ValueError) as e:
-            raise ValueError(f"command-line overrides {list(overrides)}: {e.args[0] if e.args else e}") from None
     return cfg
 
 
