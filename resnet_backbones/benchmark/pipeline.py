@@ -14,6 +14,7 @@ interleaved.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -27,12 +28,12 @@ __all__ = ["run_pipeline", "training_pipeline"]
 
 def training_pipeline(root: Path, crop_size: int) -> Tuple[Dataset, Callable, str]:
     """(dataset of the ``train`` split, collate function, description) of the pretraining input
-    pipeline; the pretraining package's own where it exists."""
-    try:
-        from ..pretrain.config import get_pretrain_default_config
-        from ..pretrain.data import ImageFolderDataset, collate, scan_imagenet_layout, train_transform
-    except ImportError:
+    pipeline; the pretraining package's own where it exists (an error inside it is raised, not
+    papered over)."""
+    if importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.pretrain") is None:
         return _torchvision_pipeline(root, crop_size)
+    from ..pretrain.config import get_pretrain_default_config
+    from ..pretrain.data import ImageFolderDataset, collate, scan_imagenet_layout, train_transform
     cfg = get_pretrain_default_config()
     cfg.PRETRAIN.CROP_SIZE = crop_size
     layout = scan_imagenet_layout(root)

