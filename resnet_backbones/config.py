@@ -39,7 +39,7 @@ NEW_KEYS.update({
     "MODEL.RESNETS.DILATION_MODE": "detectron2",  # or "torchvision"
     "MODEL.RESNETS.ZERO_INIT_RESIDUAL": False,  # start each branch's last norm scale at zero
     "MODEL.RESNETS.DROP_PATH_RATE": 0.0,  # stochastic depth at the last block
-    "MODEL.RESNETS.CHECKPOINT_STAGES": [],  # stages run under activation checkpointing
+    "MODEL.RESNETS.CHECKPOINT_STAGES": [],  # "stem" and/or stages run under activation checkpointing
     "MODEL.RESNETS.NORM_EVAL": False,  # BatchNorm statistics frozen, affine weights trained
     "MODEL.RESNETS.CHANNELS_LAST": False,  # backbone (and FPN) in torch.channels_last
     "MODEL.RESNETS.PRESET": "",  # "resnet_d", "seresnext", "resnet_rs", "wide", "deeplab_stem"

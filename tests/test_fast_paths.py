@@ -23,6 +23,7 @@ from resnet_backbones.benchmark.models import backbone_cfg, mask_rcnn_cfg
 from resnet_backbones.benchmark.timing import peak_memory_bytes
 from resnet_backbones.config import NEW_KEYS
 from resnet_backbones.modeling.fold import fold_norms, folded_convs
+from resnet_backbones.modeling.layers import ConvNorm
 
 from conftest import randomize_norms
 
@@ -138,6 +139,24 @@ def test_folding_a_whole_detector_in_eval_mode():
     outputs_close(a, b)
 
 
+# ---- fixed norms in place ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm, mode", [("FrozenBN", "eval"), ("FrozenBN", "train"), ("BN", "eval"), ("BN", "train")])
+def test_fixed_norms_apply_in_place_where_nothing_needs_gradients(norm, mode):
+    torch.manual_seed(0)
+    conv = randomize_norms(ConvNorm(8, 16, 3, norm=norm)).train(mode == "train")
+    x = torch.randn(2, 8, 20, 20)
+    raw = nn.functional.conv2d(x, conv.weight, None, conv.stride, conv.padding)
+    expected = conv.norm(raw).detach()  # a training BN normalises by the batch: calls agree
+    with torch.no_grad():
+        outputs = conv(x)
+    torch.testing.assert_close(outputs, expected, atol=1e-6, rtol=1e-6)
+    with_grad = conv(x)
+    assert with_grad.grad_fn is not None  # with gradients, the norm's own differentiable path
+    torch.testing.assert_close(with_grad.detach(), expected, atol=1e-6, rtol=1e-6)
+
+
 # ---- channels_last ----------------------------------------------------------------------------
 
 needs_key = pytest.mark.skipif(
@@ -201,7 +220,7 @@ def test_fast_paths_together_compile_without_graph_breaks():
 
 @needs_key
 def test_training_with_checkpointing_compiles_without_graph_breaks():
-    cfg = backbone_cfg(18, "plain", CPU, NORM="BN", CHECKPOINT_STAGES=STAGES)
+    cfg = backbone_cfg(18, "plain", CPU, NORM="BN", CHECKPOINT_STAGES=["stem", *STAGES])
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     torch.manual_seed(0)
     model = build_backbone(cfg).train()
@@ -229,7 +248,7 @@ def test_checkpointing_gives_equal_results_and_saves_memory():
     torch.manual_seed(0)
     plain = randomize_norms(build_backbone(cfg)).train()
     ckpt_cfg = cfg.clone()
-    ckpt_cfg.MODEL.RESNETS.CHECKPOINT_STAGES = list(STAGES)
+    ckpt_cfg.MODEL.RESNETS.CHECKPOINT_STAGES = ["stem", *STAGES]
     ckpt = build_backbone(ckpt_cfg).train()
     ckpt.load_state_dict(plain.state_dict(), strict=True)
     x = image(128, 128, batch=2)

@@ -26,6 +26,7 @@ from resnet_backbones.data import (
     SceneStyle,
     coco_split_paths,
     ensure_imagefolder,
+    ensure_object_crops,
     ensure_synthetic_coco,
     generate_coco_dataset,
     generate_imagefolder,
@@ -36,6 +37,7 @@ from resnet_backbones.data import (
     register_synthetic_coco,
     render_scene,
     write_corrupt_image,
+    write_object_crops,
 )
 
 # pycocotools' mask decoding (annToMask) trips a NumPy 2 deprecation inside pycocotools itself.
@@ -420,9 +422,53 @@ def test_cli_generates_both_kinds(tmp_path: Path):
     assert len(list((tmp_path / "coco/val").glob("*.png"))) == 1
     assert len(list((tmp_path / "folder/train").glob("*/*.jpg"))) == 4
 
+    cli.main(["crops", "--coco-root", str(tmp_path / "coco"), "--output-dir", str(tmp_path / "crops"), "--size", "16"])
+    coco = _load_coco(tmp_path / "coco/annotations/instances_train.json")
+    crops = list((tmp_path / "crops/train").glob("*/*.png"))
+    assert len(crops) == len(coco.getAnnIds()) and Image.open(crops[0]).size == (16, 16)
+
 
 def test_cli_reports_bad_values_as_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as exit_info:
         _cli().main(["imagefolder", "--output-dir", str(tmp_path), "--num-classes", "99"])
     assert exit_info.value.code == 2
     assert "num_classes must be between" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        _cli().main(["crops", "--coco-root", str(tmp_path / "nothing"), "--output-dir", str(tmp_path / "crops")])
+    assert exit_info.value.code == 2
+    assert "--coco-root" in capsys.readouterr().err and not (tmp_path / "crops").exists()
+
+
+def test_object_crops_are_an_imagefolder_of_every_object_centred_in_its_crop(shapes_root: Path, shapes: COCO,
+                                                                             tmp_path: Path):
+    json_path, image_dir = coco_split_paths(shapes_root, "train")
+    counts = write_object_crops(json_path, image_dir, tmp_path / "train", size=48, context=1.0)
+    names = {c["id"]: c["name"] for c in CATEGORIES}
+    expected = {name: 0 for name in names.values()}
+    for annotation in shapes.dataset["annotations"]:
+        expected[names[annotation["category_id"]]] += 1
+    assert counts == expected
+    assert {p.name for p in (tmp_path / "train").iterdir()} == set(names.values())
+    assert sum(1 for _ in (tmp_path / "train").glob("*/*.png")) == len(shapes.dataset["annotations"])
+
+    # the crop is centred on the box: its centre pixel is the image's pixel at the box centre
+    annotation = max(shapes.dataset["annotations"], key=lambda a: a["area"])
+    crop = cv2.imread(str(tmp_path / "train" / names[annotation["category_id"]] / f"{annotation['id']:08d}.png"))
+    assert crop.shape == (48, 48, 3)
+    x, y, w, h = annotation["bbox"]
+    image = cv2.imread(str(image_dir / shapes.imgs[annotation["image_id"]]["file_name"]))
+    centre = image[int(y + h / 2), int(x + w / 2)].astype(int)
+    assert np.abs(crop[24, 24].astype(int) - centre).max() <= 40
+
+
+def test_ensure_object_crops_crops_again_only_when_the_detection_data_changes(tmp_path: Path):
+    ensure_synthetic_coco(tmp_path / "coco", num_train=4, num_val=2, image_size=64)
+    splits = {split: coco_split_paths(tmp_path / "coco", split) for split in ("train", "val")}
+    out = ensure_object_crops(splits, tmp_path / "crops", size=32)
+    first = {p: p.stat().st_mtime_ns for p in out.glob("*/*/*.png")}
+    assert first and {p.parts[-3] for p in first} == {"train", "val"}
+    assert ensure_object_crops(splits, tmp_path / "crops", size=32) == out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/*.png")} == first  # nothing rewritten
+    ensure_synthetic_coco(tmp_path / "coco", num_train=5, num_val=2, image_size=64)  # new data
+    ensure_object_crops(splits, tmp_path / "crops", size=32)
+    assert len(list(out.glob("train/*/*.png"))) > len([p for p in first if p.parts[-3] == "train"])

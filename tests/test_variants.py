@@ -100,15 +100,17 @@ def _train_step(model, x, seed):
 def test_checkpoint_stages_give_the_gradients_and_statistics_of_the_plain_run():
     arch = ResNetArch(depth=18, res2_out_channels=64, norm="BN", freeze_at=0, drop_path_rate=0.3)
     plain = randomize_norms(ResNet.from_arch(arch)).train()
-    checkpointed = ResNet.from_arch(arch.replace(checkpoint_stages=tuple(ALL_STAGES))).train()
+    checkpointed = ResNet.from_arch(arch.replace(checkpoint_stages=("stem", *ALL_STAGES))).train()
     checkpointed.load_state_dict(plain.state_dict())
-    calls = []
+    calls, stem_calls = [], []
     checkpointed.res3[0].register_forward_pre_hook(lambda *args: calls.append(1))
+    checkpointed.stem.register_forward_pre_hook(lambda *args: stem_calls.append(1))
     x = images()
 
     loss_plain = _train_step(plain, x, seed=3)
     loss_checkpointed = _train_step(checkpointed, x, seed=3)  # same drop-path draws
     assert len(calls) == 2, "res3 was not recomputed in the backward pass"
+    assert len(stem_calls) == 2, "the stem was not recomputed in the backward pass"
     torch.testing.assert_close(loss_checkpointed, loss_plain, rtol=0, atol=0)
     grads = dict(checkpointed.named_parameters())
     for name, p in plain.named_parameters():
@@ -119,6 +121,7 @@ def test_checkpoint_stages_give_the_gradients_and_statistics_of_the_plain_run():
     for name, b in plain.named_buffers():
         torch.testing.assert_close(buffers[name], b, rtol=0, atol=0, msg=name)
     assert int(checkpointed.res4[0].conv1.norm.num_batches_tracked) == 1
+    assert int(checkpointed.stem.conv1.norm.num_batches_tracked) == 1
 
     calls.clear()
     with torch.no_grad():

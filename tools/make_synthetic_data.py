@@ -3,6 +3,8 @@
 
     tools/make_synthetic_data.py coco --output-dir datasets/synthetic_shapes --num-train 400 --num-val 50
     tools/make_synthetic_data.py imagefolder --output-dir datasets/synthetic_imagefolder
+    tools/make_synthetic_data.py crops --coco-root datasets/synthetic_shapes \
+        --output-dir datasets/synthetic_shapes/object_crops
 
 Existing data generated with the same parameters is kept; pass --force to regenerate anyway.
 """
@@ -13,7 +15,15 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from resnet_backbones.data import DEMO_STYLE, IMAGEFOLDER_CLASSES, ensure_imagefolder, ensure_synthetic_coco
+from resnet_backbones.data import (
+    DEMO_STYLE,
+    IMAGEFOLDER_CLASSES,
+    SYNTHETIC_COCO_SPLITS,
+    coco_split_paths,
+    ensure_imagefolder,
+    ensure_object_crops,
+    ensure_synthetic_coco,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     folder.add_argument("--image-size", type=int, default=64)
     folder.add_argument("--seed", type=int, default=0)
     folder.add_argument("--force", action="store_true", help="regenerate even if up to date")
+
+    crops = kinds.add_parser(
+        "crops", help="an ImageFolder of the objects of a generated COCO set (what make demo pretrains on)"
+    )
+    crops.add_argument("--coco-root", required=True, help="the --output-dir of a 'coco' run")
+    crops.add_argument("--output-dir", required=True)
+    crops.add_argument("--size", type=int, default=64, help="pixels per side of a crop")
+    crops.add_argument("--context", type=float, default=1.4, help="crop side / the box's longer side")
     return parser
 
 
@@ -74,6 +92,12 @@ def _generate(args: argparse.Namespace) -> None:
         )
         for split_name, json_path in jsons.items():
             print(f"{split_name}: {json_path}")
+    elif args.kind == "crops":
+        splits = {split: coco_split_paths(args.coco_root, split) for split in SYNTHETIC_COCO_SPLITS}
+        missing = [str(path) for path, _ in splits.values() if not path.is_file()]
+        if missing:
+            raise ValueError(f"--coco-root {args.coco_root}: no {', '.join(missing)}")
+        print(f"crops: {ensure_object_crops(splits, args.output_dir, size=args.size, context=args.context)}")
     else:
         root = ensure_imagefolder(
             args.output_dir,

@@ -37,6 +37,19 @@ def _geomean(values: List[float]) -> Optional[float]:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+LOAD_NOTE = ("load: the highest 1-minute load average around the comparison (this benchmark's own threads "
+             "included); '!' where it exceeded the cores by more than half a core: other processes competed "
+             "for them, and that comparison's times are unreliable")
+
+
+def _load(row: Dict[str, Any], machine: Dict[str, Any]) -> str:
+    load = row.get("load_average")
+    if not load:
+        return "-"
+    peak = max(load)
+    return f"{peak:.1f}" + ("!" if peak > machine.get("cpu_cores_available", 1) + 0.5 else "")
+
+
 def _ratio(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
@@ -112,9 +125,9 @@ def format_report(results: Dict[str, Any]) -> str:
         parts.append(f"\nBackbone inference, batch {batch}: images/s (median), ratio to Detectron2's at the same "
                      f"config and weights; max|diff| of the output vs ours")
         parts.append(format_table(
-            ["model", "size", "variant", "img/s", "vs D2", "max|diff|"],
+            ["model", "size", "variant", "img/s", "vs D2", "max|diff|", "load"],
             [[r["model"], r["size"], r["variant"], r["images_per_s"], _ratio(r["ratio_vs_detectron2"]),
-              r["max_abs_diff_vs_ours"]] for r in inference["rows"]]))
+              r["max_abs_diff_vs_ours"], _load(r, machine)] for r in inference["rows"]]))
     training = results.get("training")
     if training and training["rows"]:
         r0 = training["rows"][0]
@@ -123,10 +136,11 @@ def format_report(results: Dict[str, Any]) -> str:
                      + (f", {' '.join(map(str, overrides))}" if overrides else "")
                      + ": seconds (median), speed and peak memory relative to Detectron2's backbone")
         parts.append(format_table(
-            ["model", "variant", "step s", "speed vs D2", "peak MiB", "memory vs D2", "loss diff"],
+            ["model", "variant", "step s", "speed vs D2", "peak MiB", "memory vs D2", "loss diff", "load"],
             [[r["model"], r["variant"], r["step_s"], _ratio(r["speed_vs_detectron2"]),
               None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / MiB,
-              _ratio(r["memory_vs_detectron2"]), r["max_abs_loss_diff_vs_ours"]] for r in training["rows"]]))
+              _ratio(r["memory_vs_detectron2"]), r["max_abs_loss_diff_vs_ours"], _load(r, machine)]
+             for r in training["rows"]]))
     if training and training.get("backbone_memory"):
         r0 = training["backbone_memory"][0]
         parts.append(f"\nBackbone training memory (FPN, FREEZE_AT 0, forward + backward), batch {r0['batch']} "
@@ -143,9 +157,10 @@ def format_report(results: Dict[str, Any]) -> str:
                      f"{r0['categories']} categories, from JSON files: seconds (median), speed-up over pycocotools, "
                      "the 12 numbers identical")
         parts.append(format_table(
-            ["iou", "tool", "seconds", "speed-up", "identical"],
+            ["iou", "tool", "seconds", "speed-up", "identical", "load"],
             [[r["iou_type"], r["tool"], r["seconds"], _ratio(r["speedup_vs_pycocotools"]),
-              "yes" if r["identical"] else f"no ({r['max_abs_diff_vs_pycocotools']:.1e})"] for r in coco["rows"]]))
+              "yes" if r["identical"] else f"no ({r['max_abs_diff_vs_pycocotools']:.1e})", _load(r, machine)]
+             for r in coco["rows"]]))
     pipeline = results.get("pipeline")
     if pipeline and pipeline["rows"]:
         parts.append(f"\nPretraining input pipeline ({pipeline['pipeline']}), {pipeline['rows'][0]['images']} "
@@ -153,6 +168,8 @@ def format_report(results: Dict[str, Any]) -> str:
         parts.append(format_table(["workers", "img/s", "vs first"],
                                   [[r["workers"], r["images_per_s"], _ratio(r["ratio_vs_first"])]
                                    for r in pipeline["rows"]]))
+    if any(results.get(k) for k in ("inference", "training", "coco")):
+        parts.append("\n" + LOAD_NOTE)
     goals = results.get("goals")
     if goals:
         parts.append("\nGoals (ratios from this run)")

@@ -60,13 +60,15 @@ class Measurement:
 
     name: str
     times: List[float] = field(default_factory=list)
+    #: 1-minute load average before and after the interleaved run this measurement is part of
+    load: Optional[List[float]] = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.times) if self.times else math.nan
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"median_s": self.median, "times_s": list(self.times)}
+        return {"median_s": self.median, "times_s": list(self.times), "load_average": self.load}
 
 
 def interleaved(
@@ -85,6 +87,7 @@ def interleaved(
     ``max_repeats``. Returns one :class:`Measurement` per candidate, in the given order.
     """
     names = list(candidates)
+    load_before = load_average()
     round_time = 0.0
     for _ in range(max(warmup, 1)):
         round_time = 0.0
@@ -104,6 +107,10 @@ def interleaved(
             candidates[name]()
             sync()
             results[name].times.append(time.perf_counter() - start)
+    load_after = load_average()
+    if load_before and load_after:
+        for measurement in results.values():
+            measurement.load = [load_before[0], load_after[0]]
     return results
 
 

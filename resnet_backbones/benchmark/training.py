@@ -8,6 +8,8 @@ so ours and Detectron2's compute the same losses, which is checked on the first 
 
 Peak memory (see :mod:`.timing`) is measured on a separate, untimed step after the warm-up,
 which has allocated gradients and momentum buffers: it is the memory the step itself adds.
+With ``MODEL.RESNETS.CHECKPOINT_STAGES`` available, full runs add the detector with every stage
+checkpointed (the stem and every stage), and every run measures the backbone alone with and without it.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from .timing import interleaved, peak_memory_bytes, synchronizer
 __all__ = ["run_training", "backbone_step", "CHECKPOINT_KEY"]
 
 CHECKPOINT_KEY = "MODEL.RESNETS.CHECKPOINT_STAGES"
+#: what "+checkpointing" checkpoints: the stem and every stage
+CHECKPOINTED = ["stem"] + list(ALL_STAGES)
 # Norms of the backbone memory measurement: Detectron2's detection default, and trained BN.
 BACKBONE_MEMORY_NORMS = ("FrozenBN", "BN")
 BASELINE = "detectron2"
@@ -104,7 +108,7 @@ def run_training(options, device: torch.device, log) -> Dict[str, Any]:
         if has_checkpointing and not options.quick:
             from detectron2.modeling import build_model
 
-            ckpt = build_model(_with_key(cfg, CHECKPOINT_KEY, list(ALL_STAGES)))
+            ckpt = build_model(_with_key(cfg, CHECKPOINT_KEY, CHECKPOINTED))
             ckpt.load_state_dict(state, strict=True)
             models["ours+checkpointing"] = (ckpt.to(device).train(), None)
         if device.type == "cuda":
@@ -141,7 +145,7 @@ def run_training(options, device: torch.device, log) -> Dict[str, Any]:
 
 def _backbone_memory(options, depth: int, norm: str, device: torch.device, log, checks) -> List[Dict[str, Any]]:
     """Peak training memory of our R-``depth``-FPN backbone with and without checkpointing of
-    every stage (FREEZE_AT 0: all stages train), with equal outputs and gradients."""
+    the stem and every stage (FREEZE_AT 0: all stages train), with equal outputs and gradients."""
     from detectron2.modeling import build_backbone
 
     height, width = options.train_size
@@ -149,7 +153,7 @@ def _backbone_memory(options, depth: int, norm: str, device: torch.device, log, 
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     torch.manual_seed(options.seed)
     plain = randomize_norm_statistics(build_backbone(cfg), options.seed).to(device)
-    ckpt = build_our_backbone(_with_key(cfg, CHECKPOINT_KEY, list(ALL_STAGES)), "fpn", plain.state_dict())
+    ckpt = build_our_backbone(_with_key(cfg, CHECKPOINT_KEY, CHECKPOINTED), "fpn", plain.state_dict())
     plain.train()
     ckpt.train()
     generator = torch.Generator().manual_seed(options.seed)

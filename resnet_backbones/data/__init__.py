@@ -10,6 +10,7 @@ from .datasets import (
     register_dataset_specs,
     register_synthetic_coco,
 )
+from .object_crops import ensure_object_crops, write_object_crops
 from .synthetic_coco import (
     CATEGORIES,
     DEMO_STYLE,
@@ -46,6 +47,7 @@ __all__ = [
     "SceneStyle",
     "coco_split_paths",
     "ensure_imagefolder",
+    "ensure_object_crops",
     "ensure_synthetic_coco",
     "generate_coco_dataset",
     "generate_imagefolder",
@@ -56,4 +58,5 @@ __all__ = [
     "register_synthetic_coco",
     "render_scene",
     "write_corrupt_image",
+    "write_object_crops",
 ]

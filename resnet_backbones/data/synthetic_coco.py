@@ -258,8 +258,8 @@ class SceneStyle:
 
 
 #: The style of the registered ``synthetic_shapes_train`` / ``_val`` datasets and of ``make demo``:
-#: each category its own hue, at most 4 objects, gentler textures. A detector trained from random
-#: initialisation for the demo's few hundred CPU iterations gets about 1 box AP on the defaults
+#: each category its own hue, at most 4 objects, gentler textures. Trained from random
+#: initialisation for 400 CPU iterations, the demo's detector got about 1 box AP on the defaults
 #: above (colour says nothing of the category) and about 20 on these.
 DEMO_STYLE = SceneStyle(category_colours=True, background_contrast=(10.0, 40.0), size_range=(0.15, 0.7),
                         max_objects=4)

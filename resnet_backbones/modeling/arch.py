@@ -402,10 +402,10 @@ class ResNetArch:
         rate = self.drop_path_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise _bad(k["drop_path_rate"], rate, "a probability in [0, 1)")
-        unknown = [s for s in self.checkpoint_stages if s not in STAGE_NAMES]
+        unknown = [s for s in self.checkpoint_stages if s not in FEATURE_NAMES]
         if unknown:
             raise _bad(k["checkpoint_stages"], list(self.checkpoint_stages),
-                       f"stage names from {list(STAGE_NAMES)}; unknown: {unknown}")
+                       f"names from {list(FEATURE_NAMES)}; unknown: {unknown}")
         if self.norm_eval and self.norm in ("GN", ""):
             raise _conflict(k["norm_eval"], True, k["norm"], self.norm,
                             "NORM_EVAL freezes BatchNorm statistics and this norm keeps none")

@@ -25,32 +25,14 @@ import copy
 from typing import List, Optional, Tuple
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
+
+from .layers import fixed_affine, is_fixed_affine
 
 __all__ = ["fold_norms", "fold_conv_norm", "foldable_norm", "folded_convs"]
 
-_BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
-
-
-def foldable_norm(norm: Optional[nn.Module]) -> bool:
-    """Whether ``norm`` is a fixed affine map that can be folded into the preceding convolution:
-    a FrozenBN, or a BN that is in eval mode and tracks running statistics."""
-    if isinstance(norm, FrozenBatchNorm2d):
-        return True
-    if isinstance(norm, _BN_TYPES):
-        return (not norm.training) and norm.running_mean is not None and norm.running_var is not None
-    return False
-
-
-def _norm_affine(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The per-channel ``(scale, shift)`` of a foldable norm, in float64."""
-    mean = norm.running_mean.double()
-    var = norm.running_var.double()
-    weight = norm.weight.double() if norm.weight is not None else torch.ones_like(mean)
-    bias = norm.bias.double() if norm.bias is not None else torch.zeros_like(mean)
-    scale = weight * torch.rsqrt(var + norm.eps)
-    return scale, bias - mean * scale
+#: Whether a norm can be folded into the preceding convolution (a FrozenBN, or an eval-mode BN).
+foldable_norm = is_fixed_affine
 
 
 @torch.no_grad()
@@ -65,7 +47,7 @@ def fold_conv_norm(conv: nn.Conv2d) -> bool:
     norm = getattr(conv, "norm", None)
     if getattr(conv, "norm_first", False) or not foldable_norm(norm):
         return False
-    scale, shift = _norm_affine(norm)
+    scale, shift = fixed_affine(norm, torch.float64)
     weight = conv.weight
     folded_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
     old_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)

@@ -69,9 +69,15 @@ class ConvNorm(nn.Conv2d):
         return self._post_norm(super().forward(x))
 
     def _post_norm(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm is not None and not self.norm_first:
-            x = self.norm(x)
-        return x
+        if self.norm is None or self.norm_first:
+            return x
+        if not x.requires_grad and is_fixed_affine(self.norm) and not torch.compiler.is_compiling():
+            # Nothing differentiates through the fresh convolution output, so the norm can
+            # overwrite it rather than allocate a second activation-sized tensor (on CPU, page
+            # faults over every large one); two in-place passes beat addcmul's one broadcast pass.
+            scale, shift = fixed_affine(self.norm)
+            return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+        return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convolve(self.preactivate(x) if self.norm_first else x)
@@ -153,6 +159,28 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     keep = 1.0 - rate
     mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask.div_(keep)
+
+
+def is_fixed_affine(norm: Optional[nn.Module]) -> bool:
+    """Whether ``norm`` is a fixed per-channel affine map: a FrozenBN, or a BatchNorm in eval
+    mode that normalises with running statistics."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return True
+    return (isinstance(norm, _BatchNorm) and not norm.training
+            and norm.running_mean is not None and norm.running_var is not None)
+
+
+def fixed_affine(norm: nn.Module, dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` with ``norm(x) == x * scale + shift`` for a norm that
+    :func:`is_fixed_affine` accepts, computed in ``dtype`` (default: the statistics' own)."""
+    mean, var = norm.running_mean.to(dtype), norm.running_var.to(dtype)
+    scale = (var + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.to(dtype)
+    shift = -mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.to(dtype)
+    return scale, shift
 
 
 def freeze_module(module: nn.Module) -> nn.Module:

@@ -87,29 +87,36 @@ class Stage(nn.Module):
             x = F.relu_(self.norm(x))
         return x
 
-    def _recompute_keeps_statistics(self):
-        # The recomputation runs BatchNorm in training mode a second time; restoring its
-        # running statistics afterwards makes them advance once per step, as without checkpointing.
-        @contextlib.contextmanager
-        def restore_statistics():
-            buffers = batch_norm_buffers(self)
-            saved = [b.clone() for b in buffers]
-            try:
-                yield
-            finally:
-                with torch.no_grad():
-                    for buffer, value in zip(buffers, saved):
-                        buffer.copy_(value)
-
-        return contextlib.nullcontext(), restore_statistics()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and self.training and torch.is_grad_enabled():
-            if torch.compiler.is_compiling():
-                # compiled graphs apply buffer updates once, outside the recomputed region
-                return checkpoint(self._run, x, use_reentrant=False)
-            return checkpoint(self._run, x, use_reentrant=False, context_fn=self._recompute_keeps_statistics)
+            return run_checkpointed(self._run, x, self)
         return self._run(x)
+
+
+def run_checkpointed(function, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``function(x)`` keeping only ``x`` for the backward pass, which recomputes the rest.
+
+    The recomputation runs ``module``'s BatchNorms in training mode a second time; their running
+    statistics are restored afterwards so that they advance once per step, as without
+    checkpointing.
+    """
+    if torch.compiler.is_compiling():
+        # compiled graphs apply buffer updates once, outside the recomputed region
+        return checkpoint(function, x, use_reentrant=False)
+
+    @contextlib.contextmanager
+    def restore_statistics():
+        buffers = batch_norm_buffers(module)
+        saved = [b.clone() for b in buffers]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved):
+                    buffer.copy_(value)
+
+    return checkpoint(function, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), restore_statistics()))
 
 
 def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: Optional[int] = None) -> Stage:
@@ -162,15 +169,18 @@ class ResNet(Backbone):
         norm_eval: keep the stem's BatchNorm in eval mode also in training (stages carry their own).
         channels_last: hold the weights and run in ``torch.channels_last`` memory format,
             converting the input.
+        checkpoint_stem: in training, keep only the stem's input and recompute its activations
+            in the backward pass (stages carry their own switch).
     """
 
     make_stage = staticmethod(make_stage)
 
     def __init__(self, stem: nn.Module, stages: Sequence[Union[Stage, Sequence[CNNBlockBase]]],
                  out_features: Sequence[str], freeze_at: int = 0, *, norm_eval: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, checkpoint_stem: bool = False):
         super().__init__()
         self.stem = stem
+        self.checkpoint_stem = checkpoint_stem
         self._out_features = list(out_features)
         self.norm_eval = norm_eval
         self.channels_last = channels_last
@@ -205,7 +215,7 @@ class ResNet(Backbone):
             stages.append(build_stage(arch, index, channels))
             channels = stages[-1][-1].out_channels
         return cls(stem, stages, arch.out_features, arch.freeze_at, norm_eval=arch.norm_eval,
-                   channels_last=arch.channels_last)
+                   channels_last=arch.channels_last, checkpoint_stem="stem" in arch.checkpoint_stages)
 
     def train(self, mode: bool = True) -> "ResNet":
         super().train(mode)
@@ -219,7 +229,10 @@ class ResNet(Backbone):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs = {}
-        x = self.stem(x)
+        if self.checkpoint_stem and self.training and torch.is_grad_enabled():
+            x = run_checkpointed(self.stem, x, self.stem)
+        else:
+            x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
         for name in self.stage_names:
