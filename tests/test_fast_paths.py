@@ -308,7 +308,8 @@ def test_benchmark_quick_writes_its_json(tmp_path, capsys):
         assert row["images_per_s"] > 0 and row["ratio_vs_detectron2"] > 0
         assert row["model"] == "R-18" and row["size"] == "64x64" and len(row["times_s"]) == 1
     diffs = results["inference"]["checks"][0]["max_abs_diff"]
-    assert diffs["detectron2"] == 0.0 and diffs["ours+fold"] < 1e-4
+    # ours applies fixed norms in place (x * scale + shift): equal to Detectron2's up to rounding
+    assert diffs["detectron2"] < 1e-5 and diffs["ours+fold"] < 1e-4
 
     coco = results["coco"]["rows"]
     assert {(r["iou_type"], r["tool"]) for r in coco} == {

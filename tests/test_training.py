@@ -220,9 +220,9 @@ def test_demo_writes_summary_pictures_and_curves(tmp_path):
     converted = torch.load(out / "pretrain" / "model_d2.pth", map_location="cpu", weights_only=True)["model"]
     final = checkpoint(out / "model_final.pth")["model"]
     for key in ("stem.conv1.weight", "res4.1.conv2.weight", "res5.0.shortcut.weight"):
-        # two warm-up steps move the weights by less than 1e-4; a random start would be far off
+        # two AdamW steps move each weight by about 1e-3; a random start would be ~0.1 off
         torch.testing.assert_close(final[f"backbone.bottom_up.{key}"], torch.as_tensor(converted[key]),
-                                   atol=1e-3, rtol=0, msg=key)
+                                   atol=3e-3, rtol=0, msg=key)
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(json.dumps(results))
     assert set(summary) == {"bbox", "segm"} and {"AP", "AP50", "APs", "APl"} <= set(summary["segm"])

@@ -248,4 +248,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return FastCOCOEvaluator(dataset_name, output_dir=output_folder)
+        # The tasks come from the model, not from its predictions (Detectron2's default): a mask
+        # model that detects nothing yet still gets its segm AP of 0, and its curves stay whole.
+        tasks = ["bbox"] + ["segm"] * cfg.MODEL.MASK_ON + ["keypoints"] * cfg.MODEL.KEYPOINT_ON
+        return FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
