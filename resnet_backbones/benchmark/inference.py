@@ -45,7 +45,12 @@ def _channels_last_model(cfg, kind: str, state: Dict[str, torch.Tensor]) -> Tupl
 def _compile(model: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` for inference: one graph (``fullgraph``: a graph break is an error),
     static shapes (one compilation per input size), and inductor's freezing, which treats the
-    weights as constants (on CPU: oneDNN weight prepacking, convolution + ReLU fusion)."""
+    weights as constants (on CPU: oneDNN weight prepacking, convolution + ReLU fusion).
+
+    Freezing leaves out parameters that require gradients, even under ``no_grad``, so they are
+    switched off first (``model`` is an inference copy; eager inference does not look at them).
+    """
+    model.requires_grad_(False)
     return torch.compile(model, fullgraph=True, dynamic=False, options={"freezing": True})
 
 
