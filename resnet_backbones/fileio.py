@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -44,3 +44,24 @@ def write_json_atomic(path: PathLike, data: Any, **dump_kwargs) -> None:
     with atomic_output(path, "w", encoding="utf-8") as f:
         json.dump(data, f, **dump_kwargs)
         f.write("\n")
+
+
+def ensure_generated(manifest_path: PathLike, manifest: Any, generate: Callable[[], None], *,
+                     force: bool = False, is_complete: Optional[Callable[[], bool]] = None) -> bool:
+    """Run ``generate()`` unless ``manifest_path`` already holds ``manifest`` (compared as JSON)
+    and ``is_complete()``, if given, agrees. Returns whether it ran.
+
+    The old manifest is removed first and the new one written last, atomically, so an
+    interrupted generation leaves no manifest and the next call generates again.
+    """
+    path = Path(manifest_path)
+    try:
+        current = json.loads(path.read_text()) == json.loads(json.dumps(manifest))
+    except (OSError, ValueError):
+        current = False
+    if current and not force and (is_complete is None or is_complete()):
+        return False
+    path.unlink(missing_ok=True)
+    generate()
+    write_json_atomic(path, manifest, separators=(",", ":"))
+    return True

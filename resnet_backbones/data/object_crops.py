@@ -15,7 +15,7 @@ from typing import Any, Mapping, Union
 import cv2
 import numpy as np
 
-from ..fileio import write_json_atomic
+from ..fileio import ensure_generated
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -80,14 +80,10 @@ def ensure_object_crops(splits: Mapping[str, tuple[PathLike, PathLike]], output_
         stat = Path(json_path).stat()
         manifest["splits"][split] = {"json": str(Path(json_path).resolve()), "image_dir": str(Path(image_dir).resolve()),
                                      "json_size": stat.st_size, "json_mtime_ns": stat.st_mtime_ns}
-    manifest_path = output_dir / _MANIFEST_NAME
-    try:
-        current = json.loads(manifest_path.read_text()) == manifest
-    except (OSError, ValueError):
-        current = False
-    if not current:
-        manifest_path.unlink(missing_ok=True)
+
+    def generate() -> None:
         for split, (json_path, image_dir) in splits.items():
             write_object_crops(json_path, image_dir, output_dir / split, size=size, context=context)
-        write_json_atomic(manifest_path, manifest)
+
+    ensure_generated(output_dir / _MANIFEST_NAME, manifest, generate)
     return output_dir

@@ -16,7 +16,6 @@ that shows in an image is annotated, and annotated by its visible part only.
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..fileio import write_json_atomic
+from ..fileio import ensure_generated, write_json_atomic
 
 __all__ = [
     "CATEGORIES",
@@ -587,12 +586,7 @@ def _synthetic_coco_manifest(
     }
 
 
-def _is_generated(root: Path, manifest: dict[str, Any]) -> bool:
-    try:
-        if json.loads((root / _MANIFEST_NAME).read_text()) != json.loads(json.dumps(manifest)):
-            return False
-    except (OSError, ValueError):
-        return False
+def _splits_complete(root: Path, manifest: dict[str, Any]) -> bool:
     for split_name, count in manifest["num_images"].items():
         json_path, image_dir = coco_split_paths(root, split_name)
         if not json_path.is_file() or len(list(image_dir.glob("*.png"))) != count:
@@ -617,11 +611,13 @@ def ensure_synthetic_coco(
     root = Path(root)
     style = style or SceneStyle()
     manifest = _synthetic_coco_manifest(num_train, num_val, seed, image_size, style)
-    if force or not _is_generated(root, manifest):
-        (root / _MANIFEST_NAME).unlink(missing_ok=True)
+
+    def generate() -> None:
         for split_name, count in manifest["num_images"].items():
             generate_coco_dataset(root, count, seed, image_size, split_name, style)
-        _write_json_atomically(root / _MANIFEST_NAME, manifest)
+
+    ensure_generated(root / _MANIFEST_NAME, manifest, generate, force=force,
+                     is_complete=lambda: _splits_complete(root, manifest))
     return {
         split_name: coco_split_paths(root, split_name)[0] for split_name in SYNTHETIC_COCO_SPLITS
     }

@@ -12,7 +12,6 @@ Layout (what ``torchvision.datasets.ImageFolder`` and ImageNet tooling expect)::
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from pathlib import Path
@@ -22,7 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .synthetic_coco import _ellipse, _rotate, _write_json_atomically
+from ..fileio import ensure_generated
+from .synthetic_coco import _ellipse, _rotate
 
 __all__ = [
     "IMAGEFOLDER_CLASSES",
@@ -228,15 +228,12 @@ def ensure_imagefolder(
         "image_size": image_size,
         "seed": seed,
     }
-    manifest_path = root / _MANIFEST_NAME
-    try:
-        current = not force and json.loads(manifest_path.read_text()) == manifest
-    except (OSError, ValueError):
-        current = False
-    if not current:
-        manifest_path.unlink(missing_ok=True)
-        generate_imagefolder(root, num_classes, train_per_class, val_per_class, image_size, seed)
-        _write_json_atomically(manifest_path, manifest)
+    ensure_generated(
+        root / _MANIFEST_NAME,
+        manifest,
+        lambda: generate_imagefolder(root, num_classes, train_per_class, val_per_class, image_size, seed),
+        force=force,
+    )
     return root
 
 
