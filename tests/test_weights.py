@@ -87,10 +87,16 @@ def test_convention_mismatch_is_a_warning_naming_both_sides(tmp_path):
     assert "MODEL.RESNETS.STRIDE_IN_1X1" in messages
 
 
-def test_weights_that_leave_backbone_parameters_missing_are_an_error(tmp_path):
+def converted_torchvision_resnet50(tmp_path) -> Path:
+    """A torchvision ResNet-50 with random weights, saved and converted; the converted file."""
     source = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50().state_dict(), source)
     convert_weights(source, tmp_path / "r50_d2.pth")
+    return tmp_path / "r50_d2.pth"
+
+
+def test_weights_that_leave_backbone_parameters_missing_are_an_error(tmp_path):
+    converted_torchvision_resnet50(tmp_path)
     cfg = load_config(str(ROOT / "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"),
                       ["MODEL.RESNETS.DEPTH", "101"])
     with pytest.raises(WeightsError, match=r"backbone parameters missing from the file: .*res4\.22\.conv1\.weight"):
@@ -98,9 +104,7 @@ def test_weights_that_leave_backbone_parameters_missing_are_an_error(tmp_path):
 
 
 def test_plain_weights_load_into_a_deformable_model_whose_offsets_start_at_zero(tmp_path):
-    source = tmp_path / "r50.pth"
-    torch.save(torchvision.models.resnet50().state_dict(), source)
-    convert_weights(source, tmp_path / "r50_d2.pth")
+    converted_torchvision_resnet50(tmp_path)
     cfg = load_config(str(ROOT / "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x_dconv_c3-c5.yaml"),
                       ["MODEL.RESNETS.STRIDE_IN_1X1", "False"])
     model = build_model(cfg)
