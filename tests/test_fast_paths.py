@@ -3,7 +3,8 @@
 Correctness only: speed is what ``tools/benchmark.py`` reports, never asserted here.
 - norm folding (``resnet_backbones.modeling.fold``): equal outputs within 1e-4;
 - ``MODEL.RESNETS.CHANNELS_LAST``: equal outputs;
-- ``torch.compile``: the backbone compiles as one graph (no graph breaks), equal outputs;
+- ``torch.compile``: the backbone compiles as one graph (no graph breaks), equal outputs; compiled
+  for inference, its weights are frozen (constants of the compiled code);
 - ``MODEL.RESNETS.CHECKPOINT_STAGES``: equal outputs and gradients, and at least 40% less peak
   training memory of the backbone, measured as the benchmark measures it
   (:func:`resnet_backbones.benchmark.timing.peak_memory_bytes`);
@@ -19,10 +20,11 @@ from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
 from resnet_backbones.benchmark import main as benchmark_main
-from resnet_backbones.benchmark.models import backbone_cfg, mask_rcnn_cfg
+from resnet_backbones.benchmark.models import backbone_cfg, mask_rcnn_cfg, max_abs_diff
 from resnet_backbones.benchmark.timing import peak_memory_bytes
 from resnet_backbones.config import NEW_KEYS
 from resnet_backbones.modeling.fold import fold_norms, folded_convs
+from resnet_backbones.modeling.inference import compile_for_inference
 from resnet_backbones.modeling.layers import ConvNorm
 
 from conftest import randomize_norms
@@ -215,6 +217,41 @@ def test_fast_paths_together_compile_without_graph_breaks():
     assert torch._dynamo.explain(fast)(x).graph_break_count == 0
     with torch.no_grad():
         outputs_close(torch.compile(fast, fullgraph=True, backend="aot_eager")(x), model(x))
+    torch._dynamo.reset()
+
+
+@needs_key
+def test_compile_for_inference_freezes_the_weights_and_equals_eager():
+    """Inductor with freezing (real code generation, ~20 s on 2 CPU cores): equal outputs, and
+    the weights are constants of the compiled code, which is what lets inductor pack them for
+    oneDNN; a plain torch.compile would follow a change of the weights."""
+    model, cfg = build(18, "fpn")
+    cfg = cfg.clone()
+    cfg.MODEL.RESNETS.CHANNELS_LAST = True
+    fast = build_backbone(cfg)
+    fast.load_state_dict(model.state_dict())
+    x = image(64, 64, batch=1)
+    torch._dynamo.reset()
+    compiled = compile_for_inference(fold_norms(fast))
+    with torch.no_grad():
+        expected = model(x)
+    actual = compiled(x)
+    outputs_close(actual, expected)
+    assert compiled.output_shape() == model.output_shape()
+    assert compiled.size_divisibility == model.size_divisibility
+    assert not any(p.requires_grad for p in compiled.parameters())
+    assert set(compiled.state_dict()) == {"model." + k for k in compiled.model.state_dict()}, \
+        "the compiled module is not registered a second time"
+    with torch.no_grad():
+        for parameter in compiled.model.parameters():
+            parameter.mul_(0.5)
+        changed = compiled.model(x)
+    assert max_abs_diff(changed, actual) > 1e-2, "halving every weight changes the eager output"
+    # Not followed, as an unfrozen compiled model would (inductor may still share some constants,
+    # such as biases, with the module: changing the weights after compiling is not supported).
+    assert max_abs_diff(compiled(x), changed) > 1e-2, "frozen: the convolution weights are constants of the compiled code"
+    with pytest.raises(RuntimeError, match="inference only"):
+        compiled.train()
     torch._dynamo.reset()
 
 

@@ -3,7 +3,8 @@
 For each depth, body kind (plain, FPN) and input size: Detectron2's backbone and ours with the
 same config (FrozenBN, Detectron2's defaults) and the same weights, then ours with the fast-path
 switches: norm folding (:func:`resnet_backbones.modeling.fold.fold_norms`), channels_last
-(``MODEL.RESNETS.CHANNELS_LAST``) and, where asked for (by default on GPU), ``torch.compile``;
+(``MODEL.RESNETS.CHANNELS_LAST``) and, where asked for, ``torch.compile`` with frozen weights
+(:func:`resnet_backbones.modeling.inference.compile_for_inference`);
 on GPU also autocast (AMP, float16). Outputs are compared before timing: ours against
 Detectron2's, and every variant against ours. A compiled variant compiles during its warm-up
 (about 10-60 s per model and input size on 2 CPU cores), which is not timed.
@@ -15,6 +16,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..modeling.fold import fold_norms
+from ..modeling.inference import compile_for_inference
 from .models import (
     Variant,
     backbone_cfg,
@@ -40,18 +42,6 @@ def _channels_last_model(cfg, kind: str, state: Dict[str, torch.Tensor]) -> Tupl
         return build_our_backbone(cl_cfg, kind, state), False
     model = build_our_backbone(cfg, kind, state).to(memory_format=torch.channels_last)
     return model, True
-
-
-def _compile(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` for inference: one graph (``fullgraph``: a graph break is an error),
-    static shapes (one compilation per input size), and inductor's freezing, which treats the
-    weights as constants (on CPU: oneDNN weight prepacking, convolution + ReLU fusion).
-
-    Freezing leaves out parameters that require gradients, even under ``no_grad``, so they are
-    switched off first (``model`` is an inference copy; eager inference does not look at them).
-    """
-    model.requires_grad_(False)
-    return torch.compile(model, fullgraph=True, dynamic=False, options={"freezing": True})
 
 
 def build_variants(cfg, kind: str, ours, theirs, state, *, device: torch.device,
@@ -81,7 +71,7 @@ def build_variants(cfg, kind: str, ours, theirs, state, *, device: torch.device,
                                 amp_dtype=amp, switches={**best.switches, "amp": "float16"}))
     if compile_models:
         best = variants[-1]
-        variants.append(Variant(best.name + "+compile", _compile(best.model),
+        variants.append(Variant(best.name + "+compile", compile_for_inference(best.model),
                                 channels_last_input=best.channels_last_input, amp_dtype=best.amp_dtype,
                                 switches={**best.switches, "compile": True}))
     return variants
