@@ -21,6 +21,7 @@ from torch import nn
 
 from resnet_backbones.benchmark import main as benchmark_main
 from resnet_backbones.benchmark.models import backbone_cfg, mask_rcnn_cfg, max_abs_diff
+from resnet_backbones.benchmark.report import evaluate_goals
 from resnet_backbones.benchmark.timing import peak_memory_bytes
 from resnet_backbones.config import NEW_KEYS
 from resnet_backbones.modeling.fold import fold_norms, folded_convs
@@ -368,6 +369,33 @@ def test_benchmark_quick_writes_its_json(tmp_path, capsys):
     goals = {g["goal"]: g for g in results["goals"]}
     assert any(name.startswith("COCO evaluation") for name in goals)
     assert all(isinstance(g["met"], (bool, type(None))) for g in goals.values())
+    assert all(g["met"] is None for name, g in goals.items() if name.startswith("backbone inference")), \
+        "a --quick run reports the inference goals without judging them"
+
+
+def inference_rows(ratios, last_switches):
+    rows = []
+    for model in ("R-50", "R-50-FPN"):
+        for variant, ratio in zip(("detectron2", "ours", "ours+fold+channels_last"), ratios):
+            switches = last_switches if variant.startswith("ours+") else {}
+            rows.append({"model": model, "size": "224x224", "variant": variant, "switches": switches,
+                         "ratio_vs_detectron2": ratio})
+    return {"rows": rows}
+
+
+@pytest.mark.parametrize("quick, switches, equal_met, fast_met", [
+    (False, {"fold_norms": True, "channels_last": True, "compile": True}, True, True),
+    (False, {"fold_norms": True, "channels_last": True}, True, None),  # no compile: not all fast paths
+    (True, {"fold_norms": True, "channels_last": True, "compile": True}, None, None),
+])
+def test_inference_goals_are_judged_on_full_runs_only(quick, switches, equal_met, fast_met):
+    results = {"quick": quick, "inference": inference_rows([1.0, 1.02, 1.3], switches)}
+    goals = {g["goal"]: g for g in evaluate_goals(results, "cpu")}
+    assert goals["backbone inference (cpu), ours vs Detectron2 at equal settings"]["met"] is equal_met
+    assert goals["backbone inference (cpu), ours with all fast paths on vs Detectron2"]["met"] is fast_met
+    slow = {"quick": False, "inference": inference_rows([1.0, 0.9, 1.2], switches)}
+    verdicts = [g["met"] for g in evaluate_goals(slow, "cpu")]
+    assert verdicts == [False, False if switches.get("compile") else None], "a full run judges"
 
 
 def test_benchmark_training_section_on_a_tiny_model(tmp_path):

@@ -60,23 +60,25 @@ def evaluate_goals(results: Dict[str, Any], device: str) -> List[Dict[str, Any]]
     Where a goal covers several settings (models, sizes, IoU types), speed goals of the models
     are judged on the geometric mean of their ratios (the smallest is reported alongside); the
     checkpointing and COCO evaluation goals on the smallest. Backbone inference goals are stated
-    for the CPU: on GPU they are reported, not judged.
+    for the CPU and judged on full runs only: on GPU, and in ``--quick`` runs (4-second timings),
+    they are reported, not judged; so is the fast-path goal of a run without ``torch.compile``.
     """
     goals: List[Dict[str, Any]] = []
     inference = results.get("inference", {}).get("rows", [])
     if inference:
-        cpu = device == "cpu"
+        judged = device == "cpu" and not results.get("quick")
         settings = sorted({(r["model"], r["size"]) for r in inference})
         equal = [r["ratio_vs_detectron2"] for r in inference if r["variant"] == "ours"]
-        fast = []  # the last variant of each setting has every fast path on
+        fast, compiled = [], True  # the last variant of each setting has every fast path on
         for model, size in settings:
             rows = [r for r in inference if r["model"] == model and r["size"] == size]
             if len(rows) > 2:
                 fast.append(rows[-1]["ratio_vs_detectron2"])
+                compiled = compiled and bool(rows[-1]["switches"].get("compile"))
         goals.append(_goal(f"backbone inference ({device}), ours vs Detectron2 at equal settings",
-                           ">= 1.00x", equal, 1.0, judged=cpu))
+                           ">= 1.00x", equal, 1.0, judged=judged))
         goals.append(_goal(f"backbone inference ({device}), ours with all fast paths on vs Detectron2",
-                           ">= 1.25x", fast, 1.25, judged=cpu))
+                           ">= 1.25x", fast, 1.25, judged=judged and compiled))
     training = results.get("training", {}).get("rows", [])
     if training:
         ours = [r["speed_vs_detectron2"] for r in training if r["variant"] == "ours"]
@@ -184,4 +186,7 @@ def format_report(results: Dict[str, Any]) -> str:
             met = {True: "met", False: "NOT met", None: "reported only"}[g["met"]]
             rows.append([g["goal"], g["target"], value, met])
         parts.append(format_table(["goal", "target", "measured", "verdict"], rows))
+        if any(g["met"] is None for g in goals):
+            parts.append("reported only: backbone inference goals are judged on full CPU runs (not --quick, "
+                         "with torch.compile for the fast-path goal)")
     return "\n".join(parts)
