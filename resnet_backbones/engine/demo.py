@@ -21,7 +21,14 @@ from tabulate import tabulate
 
 from ..cli import exits_cleanly
 from ..config import load_config
-from ..data import DEMO_STYLE, coco_split_paths, ensure_object_crops, ensure_synthetic_coco, register_synthetic_coco
+from ..data import (
+    DEMO_STYLE,
+    SYNTHETIC_COCO_SPLITS,
+    coco_split_paths,
+    ensure_object_crops,
+    ensure_synthetic_coco,
+    register_synthetic_coco,
+)
 from ..fileio import write_json_atomic
 from ..pretrain.config import load_pretrain_config
 from ..pretrain.engine import CHECKPOINT_NAME, pretrain
@@ -45,7 +52,7 @@ def pretrain_on_object_crops(data_root: str, output_dir: Path, config_file: str 
                              overrides: Optional[List[str]] = None, log=print) -> Path:
     """Pretrain a body on crops of the synthetic training objects and convert it; returns the
     Detectron2 weights file (``output_dir/model_d2.pth``)."""
-    splits = {split: coco_split_paths(data_root, split) for split in ("train", "val")}
+    splits = {split: coco_split_paths(data_root, split) for split in SYNTHETIC_COCO_SPLITS}
     crops = ensure_object_crops(splits, Path(data_root) / "object_crops")
     (output_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # a fresh run, not a resumed one
     cfg = load_pretrain_config(config_file, list(overrides or []))

@@ -8,9 +8,9 @@ eager one on CPU (``make bench``); a plain ``torch.compile`` leaves the convolut
 
 Whether parameters are frozen is decided while Dynamo traces, from the global
 ``torch._inductor.config.freezing``; ``torch.compile(..., options={"freezing": True})`` only
-reaches inductor after that, and silently compiles without freezing. :class:`InferenceCompiled` therefore sets it around every call, so that a
-recompilation (a new input size) is frozen as well, without changing the setting for anything
-else in the process.
+reaches inductor after that, and silently compiles without freezing. :class:`InferenceCompiled`
+therefore sets it around every call, so that a recompilation (a new input size) is frozen as
+well, without changing the setting for anything else in the process.
 
 Frozen weights are constants of the compiled code (the packed convolution weights are copies,
 other constants may share the module's storage): changing the model's weights after compiling

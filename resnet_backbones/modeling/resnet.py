@@ -88,18 +88,20 @@ class Stage(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.checkpoint and self.training and torch.is_grad_enabled():
-            return run_checkpointed(self._run, x, self)
-        return self._run(x)
+        return run_checkpointed(self._run, x, self) if self.checkpoint else self._run(x)
 
 
 def run_checkpointed(function, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """``function(x)`` keeping only ``x`` for the backward pass, which recomputes the rest.
+    """``function(x)``; when ``module`` trains with gradients on, keeping only ``x`` for the
+    backward pass, which recomputes the rest (in eval mode or under ``no_grad`` there is no
+    backward pass to save memory for).
 
     The recomputation runs ``module``'s BatchNorms in training mode a second time; their running
     statistics are restored afterwards so that they advance once per step, as without
     checkpointing.
     """
+    if not (module.training and torch.is_grad_enabled()):
+        return function(x)
     if torch.compiler.is_compiling():
         # compiled graphs apply buffer updates once, outside the recomputed region
         return checkpoint(function, x, use_reentrant=False)
@@ -229,10 +231,7 @@ class ResNet(Backbone):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs = {}
-        if self.checkpoint_stem and self.training and torch.is_grad_enabled():
-            x = run_checkpointed(self.stem, x, self.stem)
-        else:
-            x = self.stem(x)
+        x = run_checkpointed(self.stem, x, self.stem) if self.checkpoint_stem else self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
         for name in self.stage_names:
