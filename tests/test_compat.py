@@ -49,3 +49,17 @@ def test_a_complete_detectron2_is_left_unchanged():
         print("ok")
     """)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not compat.HAS_D2_EXTENSION,
+                    reason="needs detectron2 built with its C++ extension: run `make test-d2main`")
+def test_a_built_extension_is_the_one_detectron2_uses():
+    import torch
+    from detectron2 import _C
+    from detectron2.layers import nms_rotated
+
+    assert not getattr(_C, "_is_resnet_backbones_stand_in", False)
+    assert _C.__file__.endswith(".so") and callable(_C.COCOevalEvaluateImages)
+    # a compiled CPU op: two rotated boxes that overlap almost entirely, one suppressed
+    boxes = torch.tensor([[10.0, 10.0, 8.0, 4.0, 30.0], [10.0, 10.0, 8.0, 4.0, 31.0], [40.0, 40.0, 6.0, 6.0, 0.0]])
+    assert nms_rotated(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]

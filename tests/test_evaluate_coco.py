@@ -28,9 +28,11 @@ from pycocotools.cocoeval import COCOeval
 
 import resnet_backbones  # noqa: F401  (installs the stand-in for detectron2's C++ extension)
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets, instances_to_coco_json
 from detectron2.structures import Boxes, BoxMode, Instances
+from resnet_backbones.compat import HAS_D2_EXTENSION
 from resnet_backbones.evaluation import (
     COCOEvaluationInputError,
     EmptyResultsWarning,
@@ -611,6 +613,37 @@ def test_fast_coco_evaluator_equals_pycocotools(
         expected.update(reference_category_ap(reference, ground_truth))
         assert list(results[task]) == DETECTION_NAMES[:6] + [f"AP-{name}" for name in CLASS_NAMES]
         assert results[task] == pytest.approx(expected, abs=100 * TOLERANCE, nan_ok=True)
+
+
+@pytest.mark.skipif(not HAS_D2_EXTENSION, reason="needs detectron2's C++ extension (its fast C++ COCOeval): "
+                    "run `make test-d2main` with a detectron2 built from source")
+def test_detectron2_cpp_cocoeval_equals_fast_coco_evaluator(
+    tiny_dataset: str, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detectron2.evaluation.fast_eval_api import COCOeval_opt
+
+    cpp_evaluations = []
+    evaluate_in_cpp = COCOeval_opt.evaluate
+    monkeypatch.setattr(COCOeval_opt, "evaluate",
+                        lambda self: cpp_evaluations.append(self.params.iouType) or evaluate_in_cpp(self))
+    inputs, outputs = fake_outputs(DatasetCatalog.get(tiny_dataset), seed=2)
+
+    def evaluate(evaluator: COCOEvaluator) -> dict:
+        evaluator.reset()
+        evaluator.process(inputs, outputs)
+        return evaluator.evaluate()
+
+    detectron2_results = evaluate(COCOEvaluator(tiny_dataset, tasks=("bbox", "segm"), distributed=False,
+                                                output_dir=str(tmp_path_factory.mktemp("cpp")),
+                                                use_fast_impl=True))
+    assert sorted(cpp_evaluations) == ["bbox", "segm"]  # Detectron2's C++ COCOeval did the work
+    ours = evaluate(FastCOCOEvaluator(tiny_dataset, distributed=False,
+                                      output_dir=str(tmp_path_factory.mktemp("ours"))))
+    assert list(detectron2_results) == list(ours) == ["bbox", "segm"]
+    for task in ours:
+        assert 20 < ours[task]["AP"] < 95
+        assert list(detectron2_results[task]) == list(ours[task])
+        assert detectron2_results[task] == pytest.approx(ours[task], abs=100 * TOLERANCE, nan_ok=True)
 
 
 def test_fast_coco_evaluator_without_predictions_reports_zeros(

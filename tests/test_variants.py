@@ -381,11 +381,34 @@ def test_detectron2_deformable_checkpoints_load_with_no_missing_or_unexpected_ke
     cfg = make_cfg(depth=50, deform_on_per_stage=[False, True, True, True], deform_modulated=modulated,
                    deform_num_groups=2)
     cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
-    reference = build_backbone(cfg)  # builds without Detectron2's C++ extension; only its forward needs it
+    reference = build_backbone(cfg)  # builds without Detectron2's C++ extension; its DCN v2 forward needs it
     cfg.MODEL.BACKBONE.NAME = "build_resnet_family_backbone"
     ours = build_backbone(cfg)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     ours.load_state_dict(reference.state_dict(), strict=True)
+
+
+def test_deformable_body_equals_detectron2s_cpu_deformable_resnet_with_live_offsets():
+    # Detectron2's DCN v1 with one offset group runs on CPUs (through torchvision's deform_conv2d);
+    # its DCN v2 and grouped offsets are CUDA-only, so that is the reference that can run here.
+    cfg = make_cfg(depth=50, deform_on_per_stage=[False, True, True, True])
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    reference = randomize_norms(build_backbone(cfg)).eval()
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if "conv2_offset" in name:  # Detectron2 starts offsets at zero; make them move the samples
+                parameter.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_family_backbone"
+    ours = build_backbone(cfg).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(size=48)
+    with torch.no_grad():
+        expected = reference(x)
+        assert_features_equal(ours(x), expected)
+        for name, parameter in ours.named_parameters():
+            if "conv2_offset" in name:
+                parameter.zero_()
+        assert (ours(x)["res5"] - expected["res5"]).abs().max() > 1e-2  # the offsets did move the samples
 
 
 def test_deformable_weights_infer_their_architecture():
