@@ -31,7 +31,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from ..cli import USER_ERRORS, exits_cleanly
+from ..cli import DEBUG_VARIABLE, USER_ERRORS, exits_cleanly, show_tracebacks
 from ..config import load_config
 from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
                     register_dataset_specs, register_synthetic_coco)
@@ -43,9 +43,6 @@ from .launch import launch
 from .trainer import Trainer, TrainingDivergedError, check_training_config
 
 logger = logging.getLogger("resnet_backbones.train_net")
-
-#: Set (to anything but "" or "0") to see the traceback of an error, as ``--debug`` does.
-DEBUG_VARIABLE = "RESNET_BACKBONES_DEBUG"
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -61,7 +58,7 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def debugging(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "debug", False)) or os.getenv(DEBUG_VARIABLE, "") not in ("", "0")
+    return bool(getattr(args, "debug", False)) or show_tracebacks()
 
 
 def num_classes_of(cfg) -> tuple:
@@ -215,17 +212,20 @@ def _check_arguments(args: argparse.Namespace) -> None:
     check_training_config(cfg)
     specs = [parse_dataset_spec(spec) for spec in args.dataset]
     _check_weights_exist(cfg, args)
-    if not args.skip_data_check:
-        check_datasets(specs, cfg.OUTPUT_DIR, *num_classes_of(cfg))
     if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
         raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} --machine-rank "
                          f"{args.machine_rank}: need at least one process per machine and "
                          "0 <= machine rank < number of machines")
+    if not args.skip_data_check:
+        check_datasets(specs, cfg.OUTPUT_DIR, *num_classes_of(cfg))
 
 
-@exits_cleanly
 def main(argv: Optional[List[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
+    return _main(args) if debugging(args) else exits_cleanly(_main)(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     _check_arguments(args)
     try:
         launch(_run_reporting_errors, args.num_gpus, num_machines=args.num_machines,
