@@ -377,6 +377,8 @@ class _CocoChecker:
                 next_id = self._renumber(annotation, aid, id_counts, where, next_id)
             else:
                 ids_taken.add(aid)
+            if image is not None:
+                annotated.add(iid)  # even if the annotation is dropped below: then that is the problem
             if image is None:
                 self.add("unknown_image_id", where, f"image_id {iid!r} is not in 'images'", "removed")
                 continue
@@ -394,7 +396,6 @@ class _CocoChecker:
                          "(and evaluation does not count detections on it as false positives)")
             else:
                 per_category[cid] += 1
-            annotated.add(iid)
             kept.append(annotation)
         return kept, per_category, annotated
 
