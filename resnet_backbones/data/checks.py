@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..cli import exits_cleanly
@@ -256,6 +257,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _polygon_array(polygon: Any) -> Optional[np.ndarray]:
+    """The coordinates of a polygon Detectron2 keeps (3 or more points, finite), else None."""
+    if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+        return None
+    try:
+        coordinates = np.asarray(polygon, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return coordinates if coordinates.ndim == 1 and np.isfinite(coordinates).all() else None
+
+
 class _CocoChecker:
     """One pass over the json: the problems, and (``fixing``) the corrected copy."""
 
@@ -453,8 +465,8 @@ class _CocoChecker:
         if not isinstance(segmentation, list):
             self.add("bad_polygon", where, f"segmentation of type {type(segmentation).__name__}", "removed")
             return False
-        good = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-                and all(_number(v) and math.isfinite(v) for v in p)]
+        arrays = [_polygon_array(p) for p in segmentation]
+        good = [p for p, a in zip(segmentation, arrays) if a is not None]
         if len(good) < len(segmentation):
             bad = len(segmentation) - len(good)
             whole = "; no polygon is left, so Detectron2 drops the annotation" if not good else ""
@@ -465,11 +477,11 @@ class _CocoChecker:
                 return False
             if self.fixing:
                 annotation["segmentation"] = good
-        xs = [v for p in good for v in p[0::2]]
-        ys = [v for p in good for v in p[1::2]]
-        if min(xs) < -TOLERANCE or min(ys) < -TOLERANCE or max(xs) > width + TOLERANCE or max(ys) > height + TOLERANCE:
-            self.add("polygon_outside_image", where, f"polygon points reach ({min(xs):g}..{max(xs):g}, "
-                     f"{min(ys):g}..{max(ys):g}), outside the {width}x{height} image (the mask is cut at its edge)")
+        points = np.concatenate([a for a in arrays if a is not None]).reshape(-1, 2)
+        (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+        if x0 < -TOLERANCE or y0 < -TOLERANCE or x1 > width + TOLERANCE or y1 > height + TOLERANCE:
+            self.add("polygon_outside_image", where, f"polygon points reach ({x0:g}..{x1:g}, "
+                     f"{y0:g}..{y1:g}), outside the {width}x{height} image (the mask is cut at its edge)")
         return True
 
 
