@@ -31,7 +31,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -111,6 +111,7 @@ class DatasetReport:
     num_annotations: int = 0
     category_counts: List[Tuple[Any, str, int]] = field(default_factory=list)  # (id, name, annotations)
     problems: List[Problem] = field(default_factory=list)
+    counted: str = "annotations"  # what category_counts count
 
     def of(self, severity: str) -> List[Problem]:
         return [p for p in self.problems if p.severity == severity]
@@ -138,10 +139,10 @@ class DatasetReport:
     def format(self, limit: Optional[int] = None) -> str:
         """The full report: summary, per-category counts, then every problem (``limit`` per kind)."""
         lines = [f"dataset {self.source}" + (f" (images in {self.image_root})" if self.image_root else ""),
-                 f"  {self.num_images} images, {self.num_annotations} annotations, "
-                 f"{len(self.category_counts)} categories"]
+                 f"  {self.num_images} images, " + (f"{self.num_annotations} annotations, " if self.counted ==
+                                                     "annotations" else "") + f"{len(self.category_counts)} categories"]
         if self.category_counts:
-            lines.append("  annotations per category:")
+            lines.append(f"  {self.counted} per category:")
             width = max(len(str(name)) for _, name, _ in self.category_counts)
             lines += [f"    {str(cid):>4} {str(name):<{width}} {count:>8}" for cid, name, count in self.category_counts]
         for severity in (ERROR, WARNING, NOTE):
@@ -295,7 +296,7 @@ class _CocoChecker:
         return names
 
     # -------------------------------------------------------------- images
-    def images(self, decode: bool, workers: int) -> Tuple[Dict[Any, Dict[str, Any]], Dict[Any, Optional[Tuple[int, int]]], set]:
+    def images(self, decode: bool, workers: int) -> Tuple[Dict[Any, Dict[str, Any]], Dict[Any, Tuple[int, int]], set]:
         """(image id -> entry, image id -> (width, height) the annotations are checked against, removed ids)."""
         entries, seen, removed = {}, collections.Counter(), set()
         for index, image in enumerate(self.data["images"]):
@@ -323,7 +324,7 @@ class _CocoChecker:
         ids = list(entries)
         headers = read_image_headers([os.path.join(self.image_root, entries[i]["file_name"]) for i in ids],
                                      decode, workers)
-        sizes: Dict[Any, Optional[Tuple[int, int]]] = {}
+        sizes: Dict[Any, Tuple[int, int]] = {}
         for iid, header in zip(ids, headers):
             image = entries[iid]
             where = f"image {iid} ({os.path.join(self.image_root, image['file_name'])})"
@@ -365,7 +366,7 @@ class _CocoChecker:
 
     # -------------------------------------------------------------- annotations
     def annotations(self, categories: Dict[Any, str], entries: Dict[Any, Dict[str, Any]],
-                    sizes: Dict[Any, Optional[Tuple[int, int]]], removed_images: set):
+                    sizes: Dict[Any, Tuple[int, int]], removed_images: set):
         annotations = self.data.get("annotations")
         if not annotations:
             self.add("no_annotations", "annotations", "the json has no 'annotations' list" if annotations is None
@@ -500,7 +501,8 @@ def _examine(json_file: PathLike, image_root: PathLike, num_classes: Optional[in
                         "(the model learns a class it never sees)")
     for iid, image in entries.items():
         if iid not in removed and iid not in annotated and data.get("annotations"):
-            checker.add("image_without_annotations", f"image {iid} ({os.path.join(checker.image_root, image['file_name'])})", "no annotations "
+            path = os.path.join(checker.image_root, image["file_name"])
+            checker.add("image_without_annotations", f"image {iid} ({path})", "no annotations "
                         "(Detectron2 skips it in training, DATALOADER.FILTER_EMPTY_ANNOTATIONS)")
     if num_classes is not None and num_classes < len(categories):
         checker.add("too_few_classes", num_classes_key,
@@ -559,7 +561,8 @@ def check_imagenet_folder(root: PathLike, *, decode: bool = False, workers: int 
     problems = [Problem(h.failure, path, h.reason) for (path, _), h in zip(samples, headers) if h.failure]
     counts = collections.Counter(label for _, label in layout.train)
     return DatasetReport(source=os.fspath(root), num_images=len(samples), problems=problems,
-                         category_counts=[(i, name, counts[i]) for i, name in enumerate(layout.classes)])
+                         category_counts=[(i, name, counts[i]) for i, name in enumerate(layout.classes)],
+                         counted="training images")
 
 
 # ------------------------------------------------------------------------ command line
