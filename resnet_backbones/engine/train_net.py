@@ -216,7 +216,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} --machine-rank "
                          f"{args.machine_rank}: need at least one process per machine and "
                          "0 <= machine rank < number of machines")
-    if not args.skip_data_check:
+    # under torchrun every process runs this; one check is enough (a failure stops the others)
+    if not args.skip_data_check and os.environ.get("RANK", "0") == "0":
         check_datasets(specs, cfg.OUTPUT_DIR, *num_classes_of(cfg))
 
 
