@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
 from detectron2.config import CfgNode as CN
 
 #: full key -> default
@@ -84,14 +85,21 @@ def load_config(config_file: str, overrides: Optional[List[str]] = None) -> CN:
         cfg.merge_from_file(str(path))
     except KeyError as e:
         raise ValueError(f"{config_file}: {e.args[0] if e.args else e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)  # in the file at fault, which may be a _BASE_
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else config_file
+        raise ValueError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
     return merge_overrides(cfg, overrides)
 
 
 def merge_overrides(cfg: CN, overrides: Optional[List[str]]) -> CN:
-    """Apply ``KEY VALUE`` pairs; an unknown key or a bad value raises ``ValueError`` naming them."""
-    if overrides:
+    """Apply ``KEY VALUE`` pairs; an unknown key or a bad value raises ``ValueError`` naming that pair."""
+    overrides = list(overrides or [])
+    if len(overrides) % 2:
+        raise ValueError(f"command-line overrides are KEY VALUE pairs; {overrides[-1]!r} has no value")
+    for key, value in zip(overrides[0::2], overrides[1::2]):
         try:
-            cfg.merge_from_list(list(overrides))
+            cfg.merge_from_list([key, value])
         except (KeyError, AssertionError, ValueError) as e:
-            raise ValueError(f"command-line overrides {list(overrides)}: {e.args[0] if e.args else e}") from None
+            raise ValueError(f"command-line override {key} {value}: {e.args[0] if e.args else e}") from None
     return cfg

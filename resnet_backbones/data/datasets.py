@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from .. import compat  # noqa: F401  (must precede every detectron2 import)
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
 from .synthetic_coco import CATEGORIES, SYNTHETIC_COCO_SPLITS, coco_split_paths
 
 __all__ = [
     "COCO_2017_SPLITS",
+    "DatasetReadError",
+    "FileNamingDatasetMapper",
     "SYNTHETIC_COCO_NAMES",
     "DatasetSpec",
     "parse_dataset_spec",
@@ -83,8 +85,43 @@ def register_coco_json(
             f"dataset {name!r} is already registered for {taken_by}; "
             f"choose another name for {wanted[0]}"
         )
-    register_coco_instances(name, dict(metadata or {}), os.fspath(json_file), os.fspath(image_root))
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    # as detectron2's register_coco_instances, with errors that name the json
+    DatasetCatalog.register(name, lambda: load_coco_json_naming_the_file(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                                  **dict(metadata or {}))
     return name
+
+
+class DatasetReadError(ValueError):
+    """Reading an annotation json or an image failed; the message names the file."""
+
+
+def _naming(path: str, error: BaseException) -> DatasetReadError:
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    if path not in message:
+        message = f"{path}: {type(error).__name__}: {message}"
+    return DatasetReadError(message)
+
+
+def load_coco_json_naming_the_file(json_file: str, image_root: str, name: str) -> list:
+    """Detectron2's ``load_coco_json``; what it raises (invalid JSON, an unknown category id, duplicate
+    annotation ids ...) becomes a :class:`DatasetReadError` naming ``json_file``."""
+    try:
+        return load_coco_json(json_file, image_root, name)
+    except Exception as error:
+        raise _naming(json_file, error) from error
+
+
+class FileNamingDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper``; an image that fails to read or to match its annotations raises
+    a :class:`DatasetReadError` naming the file (Detectron2's own messages often do not)."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except Exception as error:
+            raise _naming(dataset_dict.get("file_name", "an image"), error) from error
 
 
 def register_synthetic_coco(

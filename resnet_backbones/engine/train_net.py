@@ -8,11 +8,19 @@ overrides), plus:
   which ``DATASETS.TRAIN``/``DATASETS.TEST`` can then name; ``coco_2017_train``/``_val`` point
   at ``$DETECTRON2_DATASETS/coco``, and ``synthetic_shapes_train``/``_val`` at the built-in
   synthetic dataset (generated on first use);
-* it runs under ``torchrun``, and without CUDA ``--num-gpus N`` runs N CPU processes (gloo).
+* it runs under ``torchrun``, and without CUDA ``--num-gpus N`` runs N CPU processes (gloo);
+* each ``--dataset`` is checked (:mod:`resnet_backbones.data.checks`) before anything trains:
+  what would fail or train wrongly stops the run with one ``error:`` line and the full report in
+  ``OUTPUT_DIR``; what Detectron2 tolerates is one ``warning:`` line (``--skip-data-check``);
+* an error while training (in Detectron2's loop or a data-loader worker) is one ``error:`` line
+  naming the file or value, exit status 2 (1 for a diverged loss), without the traceback unless
+  ``--debug`` or ``RESNET_BACKBONES_DEBUG=1`` asks for it;
+* checkpoint temporaries a kill left in ``OUTPUT_DIR`` are removed when training starts.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -23,12 +31,14 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from ..cli import exits_cleanly
+from ..cli import DEBUG_VARIABLE, USER_ERRORS, exits_cleanly, show_tracebacks
 from ..config import load_config
 from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
                     register_dataset_specs, register_synthetic_coco)
-from ..data.datasets import SPEC_SYNTAX, parse_dataset_spec
-from ..weights.checkpoint import BackboneCheckpointer
+from ..data.checks import WARNING, check_coco_dataset
+from ..data.datasets import SPEC_SYNTAX, DatasetSpec, parse_dataset_spec
+from ..fileio import atomic_output
+from ..weights.checkpoint import BackboneCheckpointer, remove_checkpoint_temporaries
 from .launch import launch
 from .trainer import Trainer, TrainingDivergedError, check_training_config
 
@@ -40,7 +50,43 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--dataset", action="append", default=[], metavar=SPEC_SYNTAX,
                         help="register a COCO-format dataset under NAME (repeatable)")
+    parser.add_argument("--skip-data-check", action="store_true",
+                        help="do not check the --dataset jsons and images before training")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)")
     return parser
+
+
+def debugging(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or show_tracebacks()
+
+
+def num_classes_of(cfg) -> tuple:
+    """(config key, value) of the number of classes the model predicts."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+def check_datasets(specs: Sequence[DatasetSpec], output_dir: str, num_classes_key: str, num_classes: int) -> None:
+    """Check each dataset; write its full report to ``output_dir/dataset_check_<name>.txt``.
+
+    Errors (what would fail or train wrongly) raise ``ValueError`` with the first of them and the
+    report's path; what Detectron2 tolerates is one ``warning:`` line per dataset.
+    """
+    for spec in specs:
+        report = check_coco_dataset(spec.json_file, spec.image_root, num_classes=num_classes,
+                                    num_classes_key=num_classes_key)
+        path = os.path.join(output_dir, f"dataset_check_{spec.name}.txt")
+        with atomic_output(path, "w", encoding="utf-8") as f:
+            f.write(report.format())
+        if report.errors:
+            raise ValueError(f"dataset {spec.name!r} ({spec.json_file}): {report.first_error_line()}; "
+                             f"full report: {path} (fix it with tools/check_dataset.py --fix, or pass "
+                             "--skip-data-check)")
+        if report.warnings:
+            print(f"warning: dataset {spec.name!r}: {report.counts(WARNING)}; full report: {path}",
+                  file=sys.stderr, flush=True)
 
 
 def synthetic_root() -> str:
@@ -77,42 +123,122 @@ def run(args: argparse.Namespace):
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
+    if comm.is_main_process():
+        for path in remove_checkpoint_temporaries(cfg.OUTPUT_DIR):
+            logger.info("Removed %s, left by a run killed while saving a checkpoint", path)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
-def _run_and_report_divergence(args: argparse.Namespace):
+def describe_error(error: BaseException) -> str:
+    """One readable message for an error raised while training.
+
+    A data-loader worker's error arrives with the worker's traceback as its message; the last
+    line of that traceback is the error itself.
+    """
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        name, separator, rest = last.partition(": ")
+        message = rest if separator and name.rsplit(".", 1)[-1].isidentifier() else last
+        message = message.strip("\"'") if isinstance(error, KeyError) else message
+    if not isinstance(error, USER_ERRORS + (OSError,)):
+        message = (f"{type(error).__name__}: {message} (run with --debug or {DEBUG_VARIABLE}=1 "
+                   "for the traceback)")
+    return message
+
+
+class _TracebackToLogFilesOnly(logging.Filter):
+    """Detectron2's loop logs the traceback of any error before re-raising it; keep it in log.txt,
+    off the console, where the error's one line is what the user should see."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.exc_info and record.getMessage().startswith("Exception during training")):
+            return True
+        source = logging.getLogger(record.name)
+        while source is not None:
+            for handler in source.handlers:
+                name = getattr(getattr(handler, "stream", None), "name", None)  # "<stderr>" or a path
+                if isinstance(name, str) and not name.startswith("<") and record.levelno >= handler.level:
+                    handler.handle(record)
+            source = source.parent if source.propagate else None
+        return False
+
+
+@contextlib.contextmanager
+def _tracebacks_off_the_console(enabled: bool):
+    if not enabled:
+        yield
+        return
+    loop_logger = logging.getLogger("detectron2.engine.train_loop")
+    hide = _TracebackToLogFilesOnly()
+    loop_logger.addFilter(hide)
     try:
-        return run(args)
-    except TrainingDivergedError as error:
-        if "in another process" not in str(error) or comm.is_main_process():
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        yield
+    finally:
+        loop_logger.removeFilter(hide)
+
+
+def _run_reporting_errors(args: argparse.Namespace):
+    """``run``, with every error as one ``error:`` line: exit status 1 for divergence, 2 otherwise."""
+    debug = debugging(args)
+    with _tracebacks_off_the_console(not debug):
+        try:
+            return run(args)
+        except TrainingDivergedError as error:
+            if debug:
+                raise
+            if "in another process" not in str(error) or comm.is_main_process():
+                print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        except Exception as error:
+            if debug:
+                raise
+            print(f"error: {describe_error(error)}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+
+def _check_weights_exist(cfg, args: argparse.Namespace) -> None:
+    weights = cfg.MODEL.WEIGHTS
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if weights and "://" not in weights and not resuming and not os.path.exists(weights):
+        raise ValueError(f"MODEL.WEIGHTS = {weights!r}: no such file")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Fail before any process starts on what would otherwise fail in every one of them."""
-    check_training_config(load_config(args.config_file, args.opts))
-    for spec in args.dataset:
-        parse_dataset_spec(spec)
+    cfg = load_config(args.config_file, args.opts)
+    check_training_config(cfg)
+    specs = [parse_dataset_spec(spec) for spec in args.dataset]
+    _check_weights_exist(cfg, args)
     if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
         raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} --machine-rank "
                          f"{args.machine_rank}: need at least one process per machine and "
                          "0 <= machine rank < number of machines")
+    # under torchrun every process runs this; one check is enough (a failure stops the others)
+    if not args.skip_data_check and os.environ.get("RANK", "0") == "0":
+        check_datasets(specs, cfg.OUTPUT_DIR, *num_classes_of(cfg))
 
 
-@exits_cleanly
 def main(argv: Optional[List[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
+    return _main(args) if debugging(args) else exits_cleanly(_main)(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     _check_arguments(args)
     try:
-        launch(_run_and_report_divergence, args.num_gpus, num_machines=args.num_machines,
+        launch(_run_reporting_errors, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except SystemExit as stop:
         return int(stop.code or 0)
-    except (mp.ProcessExitedException, mp.ProcessRaisedException) as error:
-        # an exited worker has printed its own message; a raised one's traceback is in `error`
+    except mp.ProcessExitedException as error:
+        if error.exit_code in (1, 2):  # the process has printed its own error line
+            return error.exit_code
+        print(f"error: a training process failed: {error}", file=sys.stderr)
+        return 1
+    except mp.ProcessRaisedException as error:  # --debug: the traceback is in `error`
         print(f"error: a training process failed: {error}", file=sys.stderr)
         return 1
     return 0

@@ -20,6 +20,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
 from detectron2.engine.train_loop import HookBase, TrainerBase
 from detectron2.solver import build_optimizer as detectron2_build_optimizer
@@ -27,6 +28,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.datasets import FileNamingDatasetMapper
 from ..evaluation import FastCOCOEvaluator
 from ..weights.checkpoint import BackboneCheckpointer
 from .launch import wrap_distributed
@@ -244,6 +246,15 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
+
+    # errors reading an image name the file, in the training process and in data-loader workers
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -9,6 +9,8 @@ killed while saving leaves the previous checkpoint and ``last_checkpoint`` intac
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import warnings
@@ -40,6 +42,23 @@ def _is_body_key(key: str) -> bool:
 
 def _is_required_body_key(key: str) -> bool:
     return _is_body_key(key) and not any(part in key for part in OPTIONAL_BODY_PARTS)
+
+
+def remove_checkpoint_temporaries(save_dir: str) -> List[str]:
+    """Delete what a kill during :meth:`BackboneCheckpointer.save` left behind; return the paths.
+
+    ``atomic_output`` writes ``.<name>.<random>.tmp`` beside ``<name>``; a process killed before the
+    rename leaves that file (a whole checkpoint's size). Only temporaries of checkpoints
+    (``*.pth``) and of ``last_checkpoint`` are removed. Call it before a run starts writing.
+    """
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(save_dir), ".*.tmp"))):
+        target = os.path.basename(path)[1:-len(".tmp")].rpartition(".")[0]  # mkstemp's part has no dot
+        if target.endswith(".pth") or target == "last_checkpoint":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 class ConventionMismatchWarning(UserWarning):
