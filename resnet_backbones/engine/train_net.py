@@ -4,6 +4,9 @@ Detectron2's arguments and behaviour (``--config-file``, ``--num-gpus``, ``--num
 ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``, trailing ``KEY VALUE``
 overrides), plus:
 
+* ``--config-file X.py`` takes a Detectron2 LazyConfig (``configs/new_baselines``, ``configs/common``)
+  with ``key=value`` overrides, as Detectron2's ``lazyconfig_train_net.py`` does, trained by the same
+  trainer (``config_frontends``);
 * ``--dataset NAME=ANNOTATIONS.json:IMAGE_DIR`` (repeatable) registers a COCO-format dataset,
   which ``DATASETS.TRAIN``/``DATASETS.TEST`` can then name; ``coco_2017_train``/``_val`` point
   at ``$DETECTRON2_DATASETS/coco``, and ``synthetic_shapes_train``/``_val`` at the built-in
@@ -24,13 +27,13 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..cli import exits_cleanly
-from ..config import load_config
 from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
                     register_dataset_specs, register_synthetic_coco)
 from ..data.datasets import SPEC_SYNTAX, parse_dataset_spec
 from ..weights.checkpoint import BackboneCheckpointer
+from .config_frontends import load_training_config, recorded_config, trainer_class
 from .launch import launch
-from .trainer import Trainer, TrainingDivergedError, check_training_config
+from .trainer import TrainingDivergedError, check_training_config
 
 logger = logging.getLogger("resnet_backbones.train_net")
 
@@ -59,9 +62,9 @@ def register_datasets(cfg, specs: Sequence[str]) -> None:
 
 
 def setup(args: argparse.Namespace):
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_training_config(args.config_file, args.opts, training=not args.eval_only)
     cfg.freeze()
-    default_setup(cfg, args)
+    default_setup(recorded_config(cfg), args)
     register_datasets(cfg, args.dataset)
     return cfg
 
@@ -69,6 +72,7 @@ def setup(args: argparse.Namespace):
 def run(args: argparse.Namespace):
     """The work of one process: evaluate (``--eval-only``) or train, then evaluate."""
     cfg = setup(args)
+    Trainer = trainer_class(cfg)  # noqa: N806  (the same trainer for either config kind)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         BackboneCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
@@ -93,7 +97,7 @@ def _run_and_report_divergence(args: argparse.Namespace):
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Fail before any process starts on what would otherwise fail in every one of them."""
-    check_training_config(load_config(args.config_file, args.opts))
+    check_training_config(load_training_config(args.config_file, args.opts, training=not args.eval_only))
     for spec in args.dataset:
         parse_dataset_spec(spec)
     if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
