@@ -1,6 +1,7 @@
 # The demo's Mask R-CNN R-18-FPN on the built-in synthetic shapes as a LazyConfig: the model of
 # mask_rcnn_R_18_FPN_synthetic.yaml (same parameter names and shapes, so checkpoints cross over)
-# and its schedule (names that start with _ are not part of the config). BN in the body, the FPN and both heads; AdamW with gradient clipping.
+# and its schedule. BN in the body, the FPN and both heads; AdamW with gradient clipping. (Names
+# starting with _ are shorthands, not part of the config.)
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.solver import WarmupParamScheduler
@@ -21,15 +22,16 @@ _rpn = model.proposal_generator
 _rpn.head.in_channels = 64
 _rpn.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 _rpn.anchor_matcher.thresholds = [0.3, 0.5]  # more positive anchors to learn from in few iterations
-_rpn.pre_nms_topk, rpn.post_nms_topk = (1000, 500), (300, 300)
+_rpn.pre_nms_topk, _rpn.post_nms_topk = (1000, 500), (300, 300)
 
 _heads = model.roi_heads
 _heads.num_classes = 5
 _heads.batch_size_per_image = 64
-_heads.box_head.update(input_shape=L(ShapeSpec)(channels=64, height=7, width=7), conv_dims=[64, 64], fc_dims=[256],
-                      conv_norm="BN")
+_heads.box_head.update(input_shape=L(ShapeSpec)(channels=64, height=7, width=7), conv_dims=[64, 64],
+                       fc_dims=[256], conv_norm="BN")
 _heads.box_predictor.input_shape = L(ShapeSpec)(channels=256)
-_heads.mask_head.update(input_shape=L(ShapeSpec)(channels=64, width=14, height=14), conv_dims=[64, 64, 64], conv_norm="BN")
+_heads.mask_head.update(input_shape=L(ShapeSpec)(channels=64, width=14, height=14), conv_dims=[64, 64, 64],
+                        conv_norm="BN")
 
 train.update(max_iter=550, eval_period=110, seed=0)
 train.checkpointer.period = 110
