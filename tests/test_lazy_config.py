@@ -177,19 +177,21 @@ def test_each_variant_recipe_is_one_override_of_the_r50_recipe(path):
 
 
 # --------------------------------------------------------------------------- yacs <-> lazy
+#: the input convention of timm/torchvision weights, which the variant YAML files use
+RGB = ["model.pixel_mean=[123.675,116.28,103.53]", "model.pixel_std=[58.395,57.12,57.375]", "model.input_format=RGB"]
 PAIRS = [
     ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "common/models/mask_rcnn_fpn.py", []),
     ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml", "common/models/mask_rcnn_c4.py", []),
     ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", "common/models/faster_rcnn_fpn.py", []),
     ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "common/models/retinanet.py", []),
     ("COCO-Detection/faster_rcnn_R_50_FPN_1x_resnet_d.yaml", "common/models/faster_rcnn_fpn.py",
-     ["model.backbone.bottom_up.preset=resnet_d"]),
+     ["model.backbone.bottom_up.preset=resnet_d", *RGB]),
     ("COCO-Detection/faster_rcnn_R_50_FPN_1x_preact.yaml", "common/models/faster_rcnn_fpn.py",
-     ["model.backbone.bottom_up.preact=true"]),
+     ["model.backbone.bottom_up.preact=true", "model.backbone.bottom_up.stride_in_1x1=false", *RGB]),
 ]
 
 
-@pytest.mark.parametrize("yacs_file, lazy_file, overrides", PAIRS, ids=[p[1].split("/")[-1] + str(len(p[2])) for p in PAIRS])
+@pytest.mark.parametrize("yacs_file, lazy_file, overrides", PAIRS, ids=[p[0].split("/")[-1] for p in PAIRS])
 def test_yacs_and_lazy_forms_build_the_same_parameters(yacs_file, lazy_file, overrides):
     yacs = build_model_from_config_file(str(CONFIGS / yacs_file))
     lazy = build_model_from_config_file(str(CONFIGS / lazy_file), overrides)
