@@ -204,9 +204,12 @@ def _kind(value: Any) -> str:
 
 def _same_kind(old: Any, new: Any) -> bool:
     """Whether an override ``new`` may replace ``old``: None either way, int for float, a list for
-    a list, a group for a group; other objects only by values of their own type."""
+    a list, a list of strings for a string (dataset names take either), a group for a group;
+    other objects only by values of their own type."""
     if old is None or new is None:
         return True
+    if isinstance(old, str) and isinstance(new, list):
+        return all(isinstance(item, str) for item in new)
     if isinstance(old, bool) or isinstance(new, bool):
         return isinstance(old, bool) and isinstance(new, bool)
     if isinstance(old, float):
