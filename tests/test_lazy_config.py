@@ -121,6 +121,20 @@ def test_each_common_model_and_the_demo_config_builds(path):
     assert type(model).__name__ in ("GeneralizedRCNN", "RetinaNet")
 
 
+@pytest.mark.parametrize("name, train_set, image_format, keypoints", [
+    ("coco", "coco_2017_train", "BGR", False),
+    ("coco_keypoint", "keypoints_coco_2017_train", "BGR", True),
+    ("synthetic", "synthetic_shapes_train", "RGB", False),
+])
+def test_each_data_config_builds_its_mappers(name, train_set, image_format, keypoints):
+    dataloader = LazyConfig.load(str(CONFIGS / "common" / "data" / f"{name}.py")).dataloader
+    assert dataloader.train.dataset.names == train_set
+    train, test = instantiate(dataloader.train.mapper), instantiate(dataloader.test.mapper)
+    assert train.is_train and not test.is_train
+    assert train.image_format == test.image_format == image_format
+    assert (train.keypoint_hflip_indices is not None) == keypoints  # the flip swaps left and right keypoints
+
+
 #: Detectron2's new-baseline schedules (configs/new_baselines of its main branch): iterations and
 #: learning-rate drops (of 64-image batches)
 SCHEDULES = {"50ep": (92187, [81944, 88773]), "100ep": (184375, [163889, 177546]),
