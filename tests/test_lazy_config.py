@@ -342,6 +342,8 @@ def test_lazy_divergence_is_one_message_naming_the_lazy_keys(tmp_path, tiny_shap
     ("model.backbone.bottom_up.out_features=[res2,res4]", "model: cannot be built from this config"),
     ("train.amp.precision=int8", "train.amp.precision = 'int8' is not allowed"),
     ("train.max_iter", "not key=value"),
+    ("train.ddp.fp16_compression=true", "override train.ddp.fp16_compression=True: the config has no key 'train.ddp'"),
+    ("model.roi_heads.box_head.conv_dims.2=64", "model.roi_heads.box_head.conv_dims has 2 items"),
 ])
 def test_a_bad_lazy_override_gets_one_error_line_and_status_2(override, expected, tmp_path, capsys):
     code = main(["--config-file", str(LAZY_DEMO), f"train.output_dir={tmp_path}", override])

@@ -17,8 +17,9 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
+import torch
 from detectron2.config import CfgNode, LazyConfig, instantiate
 from detectron2.solver import LRMultiplier
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -61,8 +62,8 @@ RUN_KEYS: Dict[str, str] = {
 #: what training needs besides ``model`` (``--eval-only`` needs only the model and the test data)
 TRAINING_KEYS = ("optimizer", "lr_multiplier", "dataloader.train", "train.max_iter", "train.output_dir")
 #: Detectron2's ``train`` keys for its own loop that this trainer does not use (speed and logging
-#: options only; accepted so that configs written for ``lazyconfig_train_net.py`` load)
-IGNORED_TRAIN_KEYS = ("ddp", "log_period", "checkpointer.max_to_keep")
+#: options only; accepted, with a warning, so that configs written for ``lazyconfig_train_net.py`` load)
+IGNORED_TRAIN_KEYS = ("train.ddp", "train.log_period", "train.checkpointer.max_to_keep")
 
 _BODY_TARGETS = (ResNetFamily, ResNetFamilyRes5)
 
@@ -106,10 +107,16 @@ def check_override(cfg: DictConfig, key: str, value: Any) -> None:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
     shown = f"{key}={value!r}"
-    if not isinstance(parent, DictConfig):
+    if isinstance(parent, ListConfig) and leaf.isdigit():
+        if int(leaf) >= len(parent):
+            raise ValueError(f"override {shown}: {parent_key} has {len(parent)} items")
+        exists = True
+    elif isinstance(parent, DictConfig):
+        exists = leaf in parent
+    else:
         raise ValueError(f"override {shown}: the config has no key {parent_key!r}"
                          + ("" if parent is None else f" that holds keys (it is {parent!r})"))
-    if leaf in parent:
+    if exists:
         old = OmegaConf.select(cfg, key, default=None)
         if not _same_kind(old, value):
             raise ValueError(f"override {shown}: wrong type, {key} is {old!r} ({_kind(old)})")
@@ -255,11 +262,9 @@ def run_config_from_lazy(lazy: DictConfig, training: bool = True) -> CfgNode:
 
 
 def _check_run_values(lazy: DictConfig) -> None:
-    train = lazy.get("train") or {}
-    unused = [key for key in ("ddp", "log_period") if key in train]
-    unused += ["checkpointer.max_to_keep"] if "max_to_keep" in (train.get("checkpointer") or {}) else []
+    unused = [key for key in IGNORED_TRAIN_KEYS if OmegaConf.select(lazy, key, default=None) is not None]
     if unused:
-        logger.warning("train.%s: Detectron2 options of its own training loop, not used here", ", train.".join(unused))
+        logger.warning("%s: options of Detectron2's own training loop, not used here", ", ".join(unused))
     for key, allowed in (("train.amp.precision", AMP_PRECISIONS), ("train.clip_gradients.clip_type", ("value", "norm"))):
         value = OmegaConf.select(lazy, key, default=None)
         if value is not None and value not in allowed:
@@ -311,7 +316,7 @@ def build_lazy_model(lazy: DictConfig, device: str) -> nn.Module:
     for module in model.modules():
         # as the registered FPN builders: a channels-last body hands its FPN channels-last features
         if getattr(getattr(module, "bottom_up", None), "channels_last", False):
-            module.to(memory_format=__import__("torch").channels_last)
+            module.to(memory_format=torch.channels_last)
     return model.to(device)
 
 
