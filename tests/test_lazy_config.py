@@ -274,6 +274,18 @@ def test_a_lazy_checkpoint_loads_into_the_yacs_model_and_back(lazy_run):
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
 
 
+def test_lazy_mixed_precision_switch_trains_in_bfloat16_on_cpu(tmp_path, tiny_shapes):  # noqa: F811
+    from resnet_backbones.engine import amp_dtype
+
+    assert amp_dtype(load_training_config(str(LAZY_DEMO), ["train.amp.enabled=true"])) == torch.bfloat16
+    assert amp_dtype(load_training_config(str(LAZY_DEMO))) is None
+    out = tmp_path / "amp"
+    assert main(["--config-file", str(LAZY_DEMO), *tiny_shapes,
+                 *small_run(out, 2, "train.amp.enabled=true", "train.eval_period=0",
+                            "dataloader.test.dataset.names=[]")]) == 0
+    assert checkpoint(out / "model_final.pth")["iteration"] == 1
+
+
 def test_two_gloo_processes_train_a_lazy_config(tmp_path, tiny_shapes):  # noqa: F811
     out = tmp_path / "ddp"
     assert main(["--num-gpus", "2", "--dist-url", "auto", "--config-file", str(LAZY_DEMO), *tiny_shapes,
