@@ -5,6 +5,8 @@ the same checks through a LazyConfig.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import signal
 import subprocess
@@ -15,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import LazyCall as L
-from detectron2.config import LazyConfig, instantiate
-from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
-from test_training import DEMO_CONFIG, TOOL, checkpoint, free_port, tiny_shapes  # noqa: F401  (a fixture)
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
+from test_training import DEMO_CONFIG, TOOL, checkpoint, tiny_shapes  # noqa: F401  (tiny_shapes: a fixture)
 
+from resnet_backbones.config import add_resnet_backbones_config
+from resnet_backbones.engine import amp_dtype
 from resnet_backbones.engine.config_frontends import (
     LazyConfigTrainer,
     build_model_from_config_file,
@@ -28,8 +32,9 @@ from resnet_backbones.engine.config_frontends import (
 )
 from resnet_backbones.engine.reports import curves, plot_training_curves, read_metrics
 from resnet_backbones.engine.train_net import main
-from resnet_backbones.modeling import ConfigError, ResNetArch, ResNetFamily
+from resnet_backbones.modeling import ConfigError, ResNetArch, ResNetFamily, build_resnet_family_backbone
 from resnet_backbones.modeling.lazy import ARCH_FIELDS
+from resnet_backbones.weights.checkpoint import BackboneCheckpointer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -57,15 +62,7 @@ def shapes(model: torch.nn.Module) -> dict:
 
 # --------------------------------------------------------------------------- the lazy body
 def test_the_body_takes_exactly_resnet_arch_fields_and_builds_what_the_yacs_keys_build():
-    import inspect
-
-    from detectron2.config import get_cfg
-
-    from resnet_backbones.config import add_resnet_backbones_config
-    from resnet_backbones.modeling import build_resnet_family_backbone
-    from detectron2.layers import ShapeSpec
-
-    assert list(inspect.signature(ResNetFamily).parameters) == [f.name for f in __import__("dataclasses").fields(ResNetArch)]
+    assert list(inspect.signature(ResNetFamily).parameters) == [f.name for f in dataclasses.fields(ResNetArch)]
     assert ARCH_FIELDS[0] == "depth" and "preset" in ARCH_FIELDS
 
     lazy = instantiate(L(ResNetFamily)(depth=50, preset="resnet_d", norm="BN", freeze_at=0,
@@ -158,7 +155,8 @@ def test_each_new_baseline_is_detectron2s_recipe_with_our_body(path):
     assert len(body.res4) == (23 if "R_101" in path.name else 6)
     body_norms = [m for m in body.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
     assert body_norms and all(type(m) is torch.nn.BatchNorm2d for m in body_norms)  # SyncBN, one process
-    assert all(type(m.norm) is torch.nn.SyncBatchNorm for m in (model.backbone.fpn_lateral2, model.backbone.fpn_output5))
+    fpn = model.backbone
+    assert all(type(m.norm) is torch.nn.SyncBatchNorm for m in (fpn.fpn_lateral2, fpn.fpn_output5))
     head_norms = [m for m in model.roi_heads.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
     assert len(head_norms) == 4 + 4 and all(isinstance(m, NaiveSyncBatchNorm) for m in head_norms)
     assert all(p.requires_grad for p in model.parameters())  # from scratch, nothing frozen
@@ -267,16 +265,12 @@ def test_a_lazy_checkpoint_loads_into_the_yacs_model_and_back(lazy_run):
     lazy.load_state_dict(yacs.state_dict(), strict=True)
     assert all(torch.equal(lazy.state_dict()[k], v) for k, v in final.items())
     # and through the checkpointer the YAML path uses (strict about the backbone)
-    from resnet_backbones.weights.checkpoint import BackboneCheckpointer
-
     fresh = build_model_from_config_file(str(DEMO_CONFIG))
     incompatible = BackboneCheckpointer(fresh)._load_model(checkpoint(lazy_run / "model_final.pth"))
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
 
 
 def test_lazy_mixed_precision_switch_trains_in_bfloat16_on_cpu(tmp_path, tiny_shapes):  # noqa: F811
-    from resnet_backbones.engine import amp_dtype
-
     assert amp_dtype(load_training_config(str(LAZY_DEMO), ["train.amp.enabled=true"])) == torch.bfloat16
     assert amp_dtype(load_training_config(str(LAZY_DEMO))) is None
     out = tmp_path / "amp"
@@ -316,7 +310,8 @@ def test_killed_lazy_run_resumes_at_the_saved_iteration_with_the_same_schedule(t
     resume_from = int(saved[len("model_"):-len(".pth")]) + 1
     assert not (out / "model_final.pth").exists()
 
-    resumed = subprocess.run([sys.executable, str(TOOL), "--resume", *args], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, str(TOOL), "--resume", *args], capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Starting training from iteration {resume_from}" in (out / "log.txt").read_text()
     final = checkpoint(out / "model_final.pth")

@@ -265,7 +265,8 @@ def _check_run_values(lazy: DictConfig) -> None:
     unused = [key for key in IGNORED_TRAIN_KEYS if OmegaConf.select(lazy, key, default=None) is not None]
     if unused:
         logger.warning("%s: options of Detectron2's own training loop, not used here", ", ".join(unused))
-    for key, allowed in (("train.amp.precision", AMP_PRECISIONS), ("train.clip_gradients.clip_type", ("value", "norm"))):
+    for key, allowed in (("train.amp.precision", AMP_PRECISIONS),
+                         ("train.clip_gradients.clip_type", ("value", "norm"))):
         value = OmegaConf.select(lazy, key, default=None)
         if value is not None and value not in allowed:
             raise ValueError(f"{key} = {value!r} is not allowed: one of {list(allowed)}")
