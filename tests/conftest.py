@@ -1,9 +1,11 @@
+import logging
 import warnings
 
 import pytest
 import torch
 
 import resnet_backbones  # noqa: F401  (registers the builders, installs the detectron2 stand-ins)
+from detectron2.utils.logger import setup_logger
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
@@ -29,3 +31,17 @@ def randomize_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture
 def image_batch():
     return torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """Detectron2's ``setup_logger`` is cached: its console handlers would keep writing to the
+    output capture of the first test that trained, closed by the time the next one runs."""
+    def reset():
+        setup_logger.cache_clear()
+        for logger in [logging.getLogger(name) for name in ("detectron2", "fvcore", "d2")]:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+    reset()
+    yield
+    reset()

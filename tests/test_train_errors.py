@@ -22,24 +22,6 @@ from resnet_backbones.engine.train_net import main
 from test_training import DEMO_CONFIG, TOOL, small_run
 
 
-@pytest.fixture(autouse=True)
-def fresh_logging():
-    """Detectron2's ``setup_logger`` is cached: its console handlers would keep writing to the
-    output capture of the first test that trained, closed by the time the next one runs."""
-    import logging
-
-    from detectron2.utils.logger import setup_logger
-
-    def reset():
-        setup_logger.cache_clear()
-        for logger in [logging.getLogger(name) for name in ("detectron2", "fvcore", "d2")]:
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-    reset()
-    yield
-    reset()
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> tuple:
     """(annotation json, image folder) of 8 synthetic 128 px training images."""

@@ -4,6 +4,9 @@ Detectron2's arguments and behaviour (``--config-file``, ``--num-gpus``, ``--num
 ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``, trailing ``KEY VALUE``
 overrides), plus:
 
+* ``--config-file X.py`` takes a Detectron2 LazyConfig (``configs/new_baselines``, ``configs/common``)
+  with ``key=value`` overrides, as Detectron2's ``lazyconfig_train_net.py`` does, trained by the same
+  trainer (``config_frontends``);
 * ``--dataset NAME=ANNOTATIONS.json:IMAGE_DIR`` (repeatable) registers a COCO-format dataset,
   which ``DATASETS.TRAIN``/``DATASETS.TEST`` can then name; ``coco_2017_train``/``_val`` point
   at ``$DETECTRON2_DATASETS/coco``, and ``synthetic_shapes_train``/``_val`` at the built-in
@@ -30,17 +33,18 @@ import torch.multiprocessing as mp
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from omegaconf import OmegaConf
 
 from ..cli import DEBUG_VARIABLE, USER_ERRORS, exits_cleanly, show_tracebacks
-from ..config import load_config
 from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
                     register_dataset_specs, register_synthetic_coco)
 from ..data.checks import WARNING, check_coco_dataset
 from ..data.datasets import SPEC_SYNTAX, DatasetSpec, parse_dataset_spec
 from ..fileio import atomic_output
 from ..weights.checkpoint import BackboneCheckpointer, remove_checkpoint_temporaries
+from .config_frontends import lazy_config_of, load_training_config, recorded_config, trainer_class
 from .launch import launch
-from .trainer import Trainer, TrainingDivergedError, check_training_config
+from .trainer import TrainingDivergedError, check_training_config
 
 logger = logging.getLogger("resnet_backbones.train_net")
 
@@ -62,7 +66,12 @@ def debugging(args: argparse.Namespace) -> bool:
 
 
 def num_classes_of(cfg) -> tuple:
-    """(config key, value) of the number of classes the model predicts."""
+    """(config key, value) of the number of classes the model predicts (value None: not known)."""
+    lazy = lazy_config_of(cfg)
+    if lazy is not None:
+        key = next((key for key in ("model.roi_heads.num_classes", "model.num_classes")
+                    if isinstance(OmegaConf.select(lazy, key, default=None), int)), "model.roi_heads.num_classes")
+        return key, OmegaConf.select(lazy, key, default=None)
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
         return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
     return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -105,9 +114,9 @@ def register_datasets(cfg, specs: Sequence[str]) -> None:
 
 
 def setup(args: argparse.Namespace):
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_training_config(args.config_file, args.opts, training=not args.eval_only)
     cfg.freeze()
-    default_setup(cfg, args)
+    default_setup(recorded_config(cfg), args)
     register_datasets(cfg, args.dataset)
     return cfg
 
@@ -115,6 +124,7 @@ def setup(args: argparse.Namespace):
 def run(args: argparse.Namespace):
     """The work of one process: evaluate (``--eval-only``) or train, then evaluate."""
     cfg = setup(args)
+    Trainer = trainer_class(cfg)  # noqa: N806  (the same trainer for either config kind)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         BackboneCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
@@ -208,7 +218,7 @@ def _check_weights_exist(cfg, args: argparse.Namespace) -> None:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Fail before any process starts on what would otherwise fail in every one of them."""
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_training_config(args.config_file, args.opts, training=not args.eval_only)
     check_training_config(cfg)
     specs = [parse_dataset_spec(spec) for spec in args.dataset]
     _check_weights_exist(cfg, args)

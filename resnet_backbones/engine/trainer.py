@@ -86,6 +86,10 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
 class TrainStep(SimpleTrainer):
     """One SGD step: forward (optionally under autocast), finiteness check, backward, update."""
 
+    #: the end of the divergence message, in the keys of the config the run was started from
+    divergence_advice = ("Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or set "
+                         "SOLVER.CLIP_GRADIENTS.ENABLED True.")
+
     def __init__(self, model, data_loader, optimizer, *, autocast_dtype: Optional[torch.dtype] = None):
         super().__init__(model, data_loader, optimizer)
         self.device_type = next(model.parameters()).device.type
@@ -137,9 +141,7 @@ class TrainStep(SimpleTrainer):
                 detail = failure + (f" Losses of the iteration before: {_format_losses(previous)}"
                                     if previous else "")
             message = f"the loss became NaN or infinite at iteration {self.iter}{where}: {detail}"
-        raise TrainingDivergedError(
-            message.rstrip(".") + ". Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or set "
-            "SOLVER.CLIP_GRADIENTS.ENABLED True.")
+        raise TrainingDivergedError(message.rstrip(".") + ". " + self.divergence_advice)
 
     def state_dict(self):
         state = super().state_dict()

@@ -7,11 +7,12 @@ from .backbones import (
     build_resnet_family_retinanet_fpn_backbone,
 )
 from .blocks import ResidualBlock
+from .lazy import ResNetFamily, ResNetFamilyRes5
 from .resnet import ResNet, build_stage, make_stage
 from .stems import Stem
 
 __all__ = [
     "DEPTHS", "FEATURE_NAMES", "STAGE_NAMES", "ConfigError", "ResNetArch", "ResNet", "ResidualBlock",
     "Stem", "build_stage", "make_stage", "build_resnet_family_backbone", "build_resnet_family_fpn_backbone",
-    "build_resnet_family_retinanet_fpn_backbone", "ResNetFamilyRes5ROIHeads",
+    "build_resnet_family_retinanet_fpn_backbone", "ResNetFamilyRes5ROIHeads", "ResNetFamily", "ResNetFamilyRes5",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .blocks import SHORTCUT_TYPES
 from .layers import GN_GROUPS, NORM_NAMES
@@ -167,16 +167,18 @@ class ResNetArch:
         return cls.with_preset(values.pop("preset", ""), **values)
 
     @classmethod
-    def with_preset(cls, preset: str, **fields) -> "ResNetArch":
+    def with_preset(cls, preset: str, *, key_names: Optional[Mapping[str, str]] = None,
+                    **fields) -> "ResNetArch":
         """An arch from ``fields``, with the fields ``preset`` implies wherever ``fields`` leaves
-        them at their default. To undo part of a preset, set its keys instead of the preset."""
+        them at their default. To undo part of a preset, set its keys instead of the preset.
+        ``key_names`` as in :meth:`validated`."""
         if preset not in ("",) + tuple(PRESETS):
-            raise _bad(cls.KEYS["preset"], preset, f"'' (none) or one of {list(PRESETS)}")
+            raise _bad((key_names or cls.KEYS)["preset"], preset, f"'' (none) or one of {list(PRESETS)}")
         defaults = cls()
         for name, value in PRESETS.get(preset, {}).items():
             if fields.get(name, getattr(defaults, name)) == getattr(defaults, name):
                 fields[name] = value
-        return cls(preset=preset, **fields).validated()
+        return cls(preset=preset, **fields).validated(key_names)
 
     def replace(self, **changes) -> "ResNetArch":
         return dataclasses.replace(self, **changes).validated()
@@ -259,7 +261,19 @@ class ResNetArch:
         return [self.drop_path_rate * (first + i) / (total - 1) for i in range(counts[index])]
 
     # ----------------------------------------------------------------- validation
-    def validated(self) -> "ResNetArch":
+    def validated(self, key_names: Optional[Mapping[str, str]] = None) -> "ResNetArch":
+        """``self`` if every field is allowed, else a :class:`ConfigError` naming the config key.
+
+        ``key_names`` (field -> name) makes the messages name something else than the yacs keys
+        of :attr:`KEYS`, e.g. the keywords of a LazyConfig call.
+        """
+        if key_names is not None:
+            # every check reads self.KEYS: an instance attribute shadows the class's for this call
+            self.KEYS = key_names
+            try:
+                return self.validated()
+            finally:
+                del self.KEYS
         k = self.KEYS
         if self.depth not in DEPTHS:
             raise _bad(k["depth"], self.depth, f"one of {sorted(DEPTHS)}")
@@ -316,7 +330,7 @@ class ResNetArch:
         for key, channels in widths.items():
             if channels % GN_GROUPS:
                 raise ConfigError(
-                    f"{key} = {channels} is not allowed with MODEL.RESNETS.NORM = 'GN': "
+                    f"{key} = {channels} is not allowed with {self.KEYS['norm']} = 'GN': "
                     f"GroupNorm's {GN_GROUPS} groups must divide the channel count"
                 )
 

@@ -1,0 +1,4 @@
+# ResNet-RS: ResNet-D with squeeze-and-excitation (ratio 1/4)
+from .mask_rcnn_R_50_FPN_100ep_LSJ import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+
+model.backbone.bottom_up.preset = "resnet_rs"
