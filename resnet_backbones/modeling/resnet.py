@@ -89,11 +89,21 @@ class Stage(nn.Module):
             x = F.relu_(self.norm(x))
         return x
 
+    def __prepare_scriptable__(self) -> "Stage":
+        if self.checkpoint and self.training:
+            raise ValueError(_CHECKPOINT_NOT_SCRIPTABLE)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript cannot compile checkpointing: scripted stages do not
             if self.checkpoint:
                 return run_checkpointed(self._run, x, self)
         return self._run(x)
+
+
+_CHECKPOINT_NOT_SCRIPTABLE = (
+    "torch.jit.script cannot express activation checkpointing (MODEL.RESNETS.CHECKPOINT_STAGES), which "
+    "applies in training: script the model in eval mode, or build it without checkpointing")
 
 
 def run_checkpointed(function, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -246,6 +256,11 @@ class ResNet(Backbone):
                 if name in self._out_features:
                     outputs[name] = x
         return outputs
+
+    def __prepare_scriptable__(self) -> "ResNet":
+        if self.checkpoint_stem and self.training:
+            raise ValueError(_CHECKPOINT_NOT_SCRIPTABLE)
+        return self
 
     def _run_stem(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript cannot compile checkpointing: a scripted stem does not
