@@ -213,13 +213,16 @@ def demo_export(tmp_path_factory):
     assert main(common + ["--format", "torchscript", "--export-method", "scripting", "--fold-norms",
                           "--output", str(tmp / "scripted")] + overrides + ["MODEL.RESNETS.CHANNELS_LAST", "True"]) == 0
     model, cfg = build_model_from_config(DEMO_CONFIG, overrides)
-    return dict(tmp=tmp, model=model, cfg=cfg, images=val_images)
+    inputs = [prepare_image(cfg, np.asarray(Image.open(path).convert("RGB")))  # the demo's INPUT.FORMAT
+              for path in val_images]
+    expected = [detector_inference(model, [{"image": image}])[0] for image, _, _ in inputs]
+    return dict(tmp=tmp, inputs=inputs, expected=expected)
 
 
 def _val_inputs(demo_export):
-    for path in demo_export["images"]:
-        array = np.asarray(Image.open(path).convert("RGB"))  # the demo's INPUT.FORMAT is RGB
-        yield prepare_image(demo_export["cfg"], array)
+    """(image, height, width, PyTorch's detections) of each demo val image."""
+    for (image, height, width), expected in zip(demo_export["inputs"], demo_export["expected"]):
+        yield image, height, width, expected
 
 
 def assert_same_detections(actual, expected, height, width):
@@ -243,14 +246,9 @@ def assert_same_detections(actual, expected, height, width):
     assert torch.equal(actual_masks, expected_masks)
 
 
-def _eager_detections(model, image):
-    return detector_inference(model, [{"image": image}])[0]
-
-
 def test_onnx_runtime_gives_pytorchs_detections_on_the_demo_val_images(demo_export):
     counts = []
-    for image, height, width in _val_inputs(demo_export):
-        expected = _eager_detections(demo_export["model"], image)
+    for image, height, width, expected in _val_inputs(demo_export):
         outputs = run_onnx(demo_export["tmp"] / "onnx" / "model.onnx", image)
         assert set(outputs) == {"pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"}
         assert_same_detections(instances_from_outputs(outputs), expected, height, width)
@@ -263,11 +261,10 @@ def test_onnx_runtime_gives_pytorchs_detections_on_the_demo_val_images(demo_expo
 def test_traced_torchscript_loaded_back_gives_pytorchs_detections(demo_export):
     traced, names = load_torchscript(demo_export["tmp"] / "traced" / "model.ts")
     assert names == ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
-    for image, height, width in _val_inputs(demo_export):
+    for image, height, width, expected in _val_inputs(demo_export):
         with torch.no_grad():
             outputs = dict(zip(names, traced(image)))
-        assert_same_detections(instances_from_outputs(outputs), _eager_detections(demo_export["model"], image),
-                               height, width)
+        assert_same_detections(instances_from_outputs(outputs), expected, height, width)
 
 
 def test_scripted_folded_channels_last_torchscript_gives_pytorchs_detections(demo_export):
@@ -276,11 +273,11 @@ def test_scripted_folded_channels_last_torchscript_gives_pytorchs_detections(dem
     assert "aten::batch_norm" not in str(scripted.inlined_graph)  # folded: heads and FPN included
     weight = getattr(scripted.model.backbone.bottom_up.res2, "0").conv1.weight
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    for image, height, width in _val_inputs(demo_export):
+    for image, height, width, expected in _val_inputs(demo_export):
         with torch.no_grad():
             fields = scripted(({"image": image},))[0]
         assert_same_detections(instances_from_outputs({**fields, "image_size": torch.tensor(image.shape[1:])}),
-                               _eager_detections(demo_export["model"], image), height, width)
+                               expected, height, width)
 
 
 def test_scripted_retinanet_and_faster_rcnn_equal_eager():
