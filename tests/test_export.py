@@ -67,7 +67,12 @@ BODY_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", BODY_VARIANTS)
+#: covered by the full run (make test-slow) only, to keep the normal suite short
+SLOW_BODY_VARIANTS = ("R-50 FrozenBN, stem output", "shortcut A, dilated res5")
+
+
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.slow) if v in SLOW_BODY_VARIANTS else v
+                                     for v in BODY_VARIANTS])
 def test_scripted_body_equals_eager(variant):
     torch.manual_seed(0)
     body = randomize_norms(ResNet.from_arch(ResNetArch(**BODY_VARIANTS[variant]))).eval()
@@ -81,6 +86,7 @@ def test_scripted_body_equals_eager(variant):
         assert_outputs_equal(body(x), scripted(x))
 
 
+@pytest.mark.slow
 def test_scripted_body_trains_like_eager_with_drop_path():
     body = ResNet.from_arch(ResNetArch(depth=18, norm="BN", drop_path_rate=0.2)).train()
     scripted = script_module(body)
@@ -104,7 +110,8 @@ def test_checkpointing_cannot_be_scripted_in_training_but_can_in_eval():
 
 @pytest.mark.parametrize("config, extra", [
     (FPN_CONFIG, ["MODEL.RESNETS.DEPTH", "18"]),
-    (FPN_CONFIG, NARROW_BOTTLENECKS + ["MODEL.RESNETS.PRESET", "resnet_rs", "MODEL.FPN.NORM", "GN"]),
+    pytest.param(FPN_CONFIG, NARROW_BOTTLENECKS + ["MODEL.RESNETS.PRESET", "resnet_rs", "MODEL.FPN.NORM", "GN"],
+                 marks=pytest.mark.slow),
     (RETINANET_CONFIG, ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.PREACT", "True"]),
 ], ids=["FPN R-18", "FPN ResNet-RS, GN", "RetinaNet FPN preact"])
 def test_scripted_fpn_backbones_equal_eager(config, extra):
