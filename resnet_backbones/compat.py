@@ -8,6 +8,8 @@ Import this module before anything imports detectron2 (``resnet_backbones/__init
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -64,12 +66,54 @@ def _patch_pillow() -> None:
 HAS_D2_EXTENSION = _extension_present()
 
 
+class _ExportWithoutCaffe2Loader(importlib.abc.Loader):
+    """Runs ``detectron2/export/__init__.py``; where that fails only because caffe2 is missing
+    (v0.6 imports its caffe2 API unconditionally, and caffe2 is gone from torch), the package is
+    completed as detectron2 main's does without caffe2: TracingAdapter and the TorchScript helpers,
+    without the caffe2 API. Where it succeeds (main, or a torch with caffe2) nothing changes."""
+
+    def __init__(self, loader: importlib.abc.Loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        try:
+            self.loader.exec_module(module)
+        except ModuleNotFoundError as error:
+            if not (error.name or "").split(".")[0] == "caffe2":
+                raise
+            from detectron2.export.flatten import TracingAdapter
+            from detectron2.export.torchscript import dump_torchscript_IR, scripting_with_instances
+
+            module.TracingAdapter = TracingAdapter
+            module.dump_torchscript_IR = dump_torchscript_IR
+            module.scripting_with_instances = scripting_with_instances
+            module.__all__ = ["TracingAdapter", "dump_torchscript_IR", "scripting_with_instances"]
+            module._resnet_backbones_without_caffe2 = True
+
+
+class _ExportWithoutCaffe2Finder(importlib.abc.MetaPathFinder):
+    """Hands ``detectron2.export`` the loader above; every other import goes on as usual."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "detectron2.export":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ExportWithoutCaffe2Loader(spec.loader)
+        return spec
+
+
 def apply() -> None:
     """Install the stand-ins this detectron2 needs. Idempotent."""
     _patch_pillow()
     # detectron2 scripts a few helpers at import time; torch >= 2.9 warns about each of them
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script(_method)?` is deprecated",
                             category=FutureWarning)
+    if not any(isinstance(finder, _ExportWithoutCaffe2Finder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ExportWithoutCaffe2Finder())
     if not HAS_D2_EXTENSION and "detectron2._C" not in sys.modules:
         sys.modules["detectron2._C"] = _make_extension_stand_in()
         d2 = sys.modules.get("detectron2")

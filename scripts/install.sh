@@ -89,6 +89,6 @@ fi
 
 if ! has resnet_backbones || [ pyproject.toml -nt "$VENV/.resnet_backbones_installed" ]; then
     echo "install: resnet-backbones (editable) and its dependencies"
-    pip install --no-build-isolation -e ".[test]"
+    pip install --no-build-isolation -e ".[test,deploy]"
     touch "$VENV/.resnet_backbones_installed"
 fi

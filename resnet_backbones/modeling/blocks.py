@@ -149,11 +149,10 @@ class ResidualBlock(CNNBlockBase):
         else:
             last.weight.zero_()
 
-    def _convolve(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        conv = getattr(self, name)
-        if name == "conv2" and self.conv2_offset is not None:
-            return conv.convolve(x, self.conv2_offset(x))
-        return conv.convolve(x)
+    def _convolve_3x3(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv2_offset is not None:
+            return self.conv2.convolve(x, self.conv2_offset(x))
+        return self.conv2.convolve(x)
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut_pool is not None:
@@ -164,16 +163,20 @@ class ResidualBlock(CNNBlockBase):
             x = F.pad(x, (0, 0, 0, 0, 0, self.pad_channels))
         return x
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The branch is spelled out, conv by conv, so that TorchScript can compile it: it resolves
+        # `self.conv2_offset is not None` and `hasattr(self, "conv3")` while compiling.
         out, shortcut_input = x, x
-        for i, name in enumerate(self._branch):
-            if self.preact:
-                out = getattr(self, name).preactivate(out)
-                if i == 0 and self.shortcut is not None:
-                    shortcut_input = out
-            elif i > 0:
-                out = F.relu_(out)
-            out = self._convolve(name, out)
+        if self.preact:
+            out = self.conv1.preactivate(out)
+            if self.shortcut is not None:
+                shortcut_input = out
+        out = self.conv1.convolve(out)
+        out = self.conv2.preactivate(out) if self.preact else F.relu_(out)
+        out = self._convolve_3x3(out)
+        if hasattr(self, "conv3"):
+            out = self.conv3.preactivate(out) if self.preact else F.relu_(out)
+            out = self.conv3.convolve(out)
         if self.se is not None:
             out = self.se(out)
         out = drop_path(out, self.drop_path_rate, self.training)

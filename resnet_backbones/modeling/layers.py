@@ -66,17 +66,19 @@ class ConvNorm(nn.Conv2d):
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution, followed by the norm unless it is applied first."""
-        return self._post_norm(super().forward(x))
+        # nn.Conv2d.forward itself (TorchScript compiles no super() call)
+        return self._post_norm(self._conv_forward(x, self.weight, self.bias))
 
     def _post_norm(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is None or self.norm_first:
             return x
-        if not x.requires_grad and is_fixed_affine(self.norm) and not torch.compiler.is_compiling():
-            # Nothing differentiates through the fresh convolution output, so the norm can
-            # overwrite it rather than allocate a second activation-sized tensor (on CPU, page
-            # faults over every large one); two in-place passes beat addcmul's one broadcast pass.
-            scale, shift = fixed_affine(self.norm)
-            return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+        if not torch.jit.is_scripting():  # a branch of its own: TorchScript then skips compiling it
+            if not x.requires_grad and is_fixed_affine(self.norm) and not torch.compiler.is_compiling():
+                # Nothing differentiates through the fresh convolution output, so the norm can
+                # overwrite it rather than allocate a second activation-sized tensor (on CPU, page
+                # faults over every large one); two in-place passes beat addcmul's one broadcast pass.
+                scale, shift = fixed_affine(self.norm)
+                return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
         return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,7 @@ class DeformConvNorm(ConvNorm):
         return (3 if self.modulated else 2) * points
 
     def convolve(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        mask = None
+        mask: Optional[torch.Tensor] = None
         if self.modulated:
             split = self.offset_channels * 2 // 3
             offsets, mask_logits = offsets[:, :split], offsets[:, split:]
@@ -157,7 +159,7 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     if not training or rate == 0.0:
         return x
     keep = 1.0 - rate
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)
     return x * mask.div_(keep)
 
 

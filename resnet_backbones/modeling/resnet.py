@@ -81,14 +81,29 @@ class Stage(nn.Module):
         return self
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(self.num_blocks):
-            x = getattr(self, str(i))(x)
+        # named_children, not getattr(self, str(i)): TorchScript unrolls it, with constant names
+        for name, block in self.named_children():
+            if name != "norm":
+                x = block(x)
         if self.norm is not None:
             x = F.relu_(self.norm(x))
         return x
 
+    def __prepare_scriptable__(self) -> "Stage":
+        if self.checkpoint and self.training:
+            raise ValueError(_CHECKPOINT_NOT_SCRIPTABLE)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_checkpointed(self._run, x, self) if self.checkpoint else self._run(x)
+        if not torch.jit.is_scripting():  # TorchScript cannot compile checkpointing: scripted stages do not
+            if self.checkpoint:
+                return run_checkpointed(self._run, x, self)
+        return self._run(x)
+
+
+_CHECKPOINT_NOT_SCRIPTABLE = (
+    "torch.jit.script cannot express activation checkpointing (MODEL.RESNETS.CHECKPOINT_STAGES), which "
+    "applies in training: script the model in eval mode, or build it without checkpointing")
 
 
 def run_checkpointed(function, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -227,18 +242,31 @@ class ResNet(Backbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if x.dim() != 4:
-            raise ValueError(f"ResNet takes an (N, C, H, W) tensor; got shape {tuple(x.shape)}")
+            raise ValueError(f"ResNet takes an (N, C, H, W) tensor; got shape {list(x.shape)}")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        outputs = {}
-        x = run_checkpointed(self.stem, x, self.stem) if self.checkpoint_stem else self.stem(x)
+        outputs: Dict[str, torch.Tensor] = {}
+        x = self._run_stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
+        # named_children, not getattr(self, name): TorchScript unrolls it, with constant names
+        for name, stage in self.named_children():
+            if name in self.stage_names:
+                x = stage(x)
+                if name in self._out_features:
+                    outputs[name] = x
         return outputs
+
+    def __prepare_scriptable__(self) -> "ResNet":
+        if self.checkpoint_stem and self.training:
+            raise ValueError(_CHECKPOINT_NOT_SCRIPTABLE)
+        return self
+
+    def _run_stem(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript cannot compile checkpointing: a scripted stem does not
+            if self.checkpoint_stem:
+                return run_checkpointed(self.stem, x, self.stem)
+        return self.stem(x)
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {

@@ -1,6 +1,7 @@
 """Stems: the layers before res2, bringing the image to stride 4."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase
 
@@ -41,17 +42,15 @@ class Stem(CNNBlockBase):
         last_norm, last_bias = (None, False) if preact else (norm, None)
         if stem_type == "basic":
             self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=last_norm, bias=last_bias)
-            self._conv_names = ("conv1",)
         else:
             self.conv1 = conv_norm(in_channels, deep_width, 3, stride=2, norm=norm)
             self.conv2 = conv_norm(deep_width, deep_width, 3, norm=norm)
             self.conv3 = conv_norm(deep_width, out_channels, 3, norm=last_norm, bias=last_bias)
-            self._conv_names = ("conv1", "conv2", "conv3")
 
-    def forward(self, x):
-        last = len(self._conv_names) - 1
-        for i, name in enumerate(self._conv_names):
-            x = getattr(self, name)(x)
-            if i < last or not self.preact:
-                x = F.relu_(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        if hasattr(self, "conv3"):  # resolved while compiling, for TorchScript
+            x = self.conv3(F.relu_(self.conv2(F.relu_(x))))
+        if not self.preact:
+            x = F.relu_(x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
