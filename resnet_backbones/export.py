@@ -275,15 +275,15 @@ def read_image(path: str, image_format: str) -> np.ndarray:
 
 
 def build_model_from_config(config_file: str, overrides: Sequence[str] = ()) -> Tuple[nn.Module, object]:
-    """The model of a yacs config file (with ``KEY VALUE`` overrides), its ``MODEL.WEIGHTS``
-    loaded, in eval mode on CPU; returns ``(model, cfg)``. The one place the tool builds a model."""
-    from detectron2.modeling import build_model
-
-    from .config import load_config
+    """The model of a YAML (``KEY VALUE`` overrides) or LazyConfig (``key=value``) file, its
+    weights (``MODEL.WEIGHTS`` / ``train.init_checkpoint``) loaded, in eval mode on CPU; returns
+    ``(model, cfg)`` with ``cfg`` the run config. The one place the tool builds a model."""
+    from .engine.config_frontends import build_model_from_run_config, is_lazy_config_file, load_training_config
     from .weights.checkpoint import BackboneCheckpointer
 
-    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", *overrides])
-    model = build_model(cfg).eval()
+    on_cpu = ["train.device=cpu"] if is_lazy_config_file(config_file) else ["MODEL.DEVICE", "cpu"]
+    cfg = load_training_config(config_file, [*on_cpu, *overrides], training=False)
+    model = build_model_from_run_config(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         if not Path(cfg.MODEL.WEIGHTS).is_file():
             raise FileNotFoundError(f"MODEL.WEIGHTS = {cfg.MODEL.WEIGHTS}: no such file")

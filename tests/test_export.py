@@ -24,6 +24,7 @@ from conftest import randomize_norms
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = str(ROOT / "configs/Demo/mask_rcnn_R_18_FPN_synthetic.yaml")
+LAZY_DEMO_CONFIG = str(ROOT / "configs/Demo/mask_rcnn_R_18_FPN_synthetic.py")  # the same model
 FPN_CONFIG = str(ROOT / "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
 RETINANET_CONFIG = str(ROOT / "configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml")
 C4_CONFIG = str(ROOT / "configs/COCO-Detection/faster_rcnn_R_50_C4_1x.yaml")
@@ -223,7 +224,7 @@ def demo_export(tmp_path_factory):
     inputs = [prepare_image(cfg, np.asarray(Image.open(path).convert("RGB")))  # the demo's INPUT.FORMAT
               for path in val_images]
     expected = [detector_inference(model, [{"image": image}])[0] for image, _, _ in inputs]
-    return dict(tmp=tmp, inputs=inputs, expected=expected)
+    return dict(tmp=tmp, inputs=inputs, expected=expected, sample_image=str(val_images[0]))
 
 
 def _val_inputs(demo_export):
@@ -285,6 +286,17 @@ def test_scripted_folded_channels_last_torchscript_gives_pytorchs_detections(dem
             fields = scripted(({"image": image},))[0]
         assert_same_detections(instances_from_outputs({**fields, "image_size": torch.tensor(image.shape[1:])}),
                                expected, height, width)
+
+
+def test_the_lazy_config_of_the_demo_model_exports_the_same_detector(demo_export):
+    tmp = demo_export["tmp"]
+    sample = demo_export["sample_image"]
+    assert main(["--config-file", LAZY_DEMO_CONFIG, "--format", "onnx", "--sample-image", sample,
+                 "--output", str(tmp / "lazy_onnx"), f"train.init_checkpoint={tmp / 'model.pth'}",
+                 f"model.roi_heads.box_predictor.test_score_thresh={DEMO_SCORE_THRESH}"]) == 0
+    for image, height, width, expected in _val_inputs(demo_export):
+        outputs = run_onnx(tmp / "lazy_onnx" / "model.onnx", image)
+        assert_same_detections(instances_from_outputs(outputs), expected, height, width)
 
 
 def test_scripted_retinanet_and_faster_rcnn_equal_eager():

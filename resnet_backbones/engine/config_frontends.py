@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
+import detectron2.data.transforms as T
 import torch
 from detectron2.config import CfgNode, LazyConfig, instantiate
 from detectron2.solver import LRMultiplier
@@ -253,12 +254,26 @@ def run_config_from_lazy(lazy: DictConfig, training: bool = True) -> CfgNode:
     if isinstance(heads, DictConfig):
         cfg.MODEL.MASK_ON = heads.get("mask_head") is not None
         cfg.MODEL.KEYPOINT_ON = heads.get("keypoint_head") is not None
+    _fill_test_resize(cfg, lazy)
     body = next((node for _, node in _calls(lazy.model, "model") if _target(node._target_) is ResNetFamily), None)
     if body is not None:
         cfg.MODEL.RESNETS.STRIDE_IN_1X1 = arch_from_keywords(
             {key: body[key] for key in body.keys() if key != "_target_"}).stride_in_1x1
     cfg.__dict__[_LAZY_ATTRIBUTE] = lazy
     return cfg
+
+
+def _fill_test_resize(cfg: CfgNode, lazy: DictConfig) -> None:
+    """``INPUT.MIN/MAX_SIZE_TEST`` from the test mapper's ``ResizeShortestEdge``, as the yacs
+    keys that stand for it (what an exported model's sample image is resized by)."""
+    augmentations = OmegaConf.select(lazy, "dataloader.test.mapper.augmentations", default=None)
+    for node in augmentations or ():
+        if isinstance(node, DictConfig) and "_target_" in node and _target(node._target_) is T.ResizeShortestEdge:
+            short = node.get("short_edge_length")
+            if short is not None:
+                cfg.INPUT.MIN_SIZE_TEST = int(short if isinstance(short, int) else short[-1])
+            if node.get("max_size") is not None:
+                cfg.INPUT.MAX_SIZE_TEST = int(node.max_size)
 
 
 def _check_run_values(lazy: DictConfig) -> None:
@@ -321,11 +336,15 @@ def build_lazy_model(lazy: DictConfig, device: str) -> nn.Module:
     return model.to(device)
 
 
+def build_model_from_run_config(cfg: CfgNode) -> nn.Module:
+    """The model of a run config (:func:`load_training_config`), with random weights, on its device."""
+    return trainer_class(cfg).build_model(cfg)
+
+
 def build_model_from_config_file(config_file: str, overrides: Optional[Sequence[str]] = None) -> nn.Module:
     """The model of a YAML (``KEY VALUE`` overrides) or LazyConfig (``key=value``) file, with
     random weights, on the config's device (``MODEL.DEVICE`` / ``train.device``)."""
-    cfg = load_training_config(config_file, overrides, training=False)
-    return trainer_class(cfg).build_model(cfg)
+    return build_model_from_run_config(load_training_config(config_file, overrides, training=False))
 
 
 class LazyConfigTrainer(Trainer):
@@ -382,6 +401,6 @@ class LazyConfigTrainer(Trainer):
         return instantiate(spec)
 
 
-__all__ = ["LazyConfigTrainer", "build_lazy_model", "build_model_from_config_file", "check_calls", "check_override",
+__all__ = ["LazyConfigTrainer", "build_lazy_model", "build_model_from_config_file", "build_model_from_run_config", "check_calls", "check_override",
            "is_lazy_config_file", "lazy_config_of", "load_lazy_config", "load_training_config", "recorded_config",
            "run_config_from_lazy", "trainer_class"]
