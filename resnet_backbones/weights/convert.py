@@ -19,8 +19,9 @@ import torch
 
 from ..modeling.arch import DEPTHS, ConfigError, ResNetArch
 from .io import PathLike, WeightsError, atomic_output, load_weights_file, to_numpy_state_dict, to_tensor_state_dict
-from .naming import SOURCES, architecture_hints, body_key, detect_source, rename_state_dict
+from .naming import SOURCES, architecture_hints, body_key, detect_source, rename_state_dict, summarize_keys
 from .pretrained import convert_pretrain_checkpoint, is_pretrain_checkpoint
+from .wrappers import Unwrapped, unwrap_checkpoint
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,18 @@ DEFAULT_CONVENTIONS = {"torchvision": TORCHVISION_CONVENTION, "timm": TORCHVISIO
 
 METADATA_KEY = "resnet_backbones"
 
+#: What self-supervised methods fine-tune a detector with, beyond the input convention (MoCo's
+#: Detectron2 project, facebookresearch/moco detection/configs/Base-RCNN-C4-BN.yaml and
+#: coco_R_50_C4_2x_moco.yaml: BN trained and synchronised, nothing frozen, precise BN statistics
+#: before testing; the MoCo paper's R50-FPN runs synchronise BN in the FPN too). The shipped
+#: configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_self_supervised.yaml sets them.
+SELF_SUPERVISED_TRANSFER: Tuple[Tuple[str, Any], ...] = (
+    ("MODEL.BACKBONE.FREEZE_AT", 0),
+    ("MODEL.RESNETS.NORM", "SyncBN"),
+    ("MODEL.FPN.NORM", "SyncBN"),
+    ("TEST.PRECISE_BN.ENABLED", True),
+)
+
 
 @dataclass
 class ConversionReport:
@@ -55,12 +68,26 @@ class ConversionReport:
     num_tensors: int
     dropped: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    #: where the trunk was in the file (``module.encoder_q.``), and by which method it was trained
+    prefix: str = ""
+    method: str = ""
+    #: ``(group, tensor count, why)`` for every part of the file that is not the trunk
+    left_out: List[Tuple[str, int, str]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def self_supervised(self) -> bool:
+        return bool(self.method)
 
     def config_items(self) -> List[Tuple[str, Any]]:
         # facts of the weights only; the detector's choices (outputs, freezing, dilation...) stay the user's
         items = dict(self.arch.weight_config_items())
         items.update(self.convention.config_items())
         return list(items.items())
+
+    def transfer_items(self) -> List[Tuple[str, Any]]:
+        """The detection-transfer keys of the weights' method (self-supervised weights only)."""
+        return list(SELF_SUPERVISED_TRANSFER) if self.self_supervised else []
 
     def format(self, output: Optional[PathLike] = None) -> str:
         lines = [f"source format: {self.source}; {self.num_tensors} tensors written"]
@@ -70,11 +97,21 @@ class ConversionReport:
             lines.append(f"dropped {len(counters)} BatchNorm step counters (num_batches_tracked)")
         if others:
             lines.append(f"dropped on purpose ({len(others)}): " + _abbreviate(others))
+        if self.left_out:
+            groups = [f"{g} ({n} tensor{'s' if n != 1 else ''}{': ' + why if why else ''})"
+                      for g, n, why in self.left_out]
+            lines.append(f"left out, not part of the trunk ({sum(n for _, n, _ in self.left_out)} tensors): "
+                         + _abbreviate(groups, limit=8))
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning: {w}" for w in self.warnings]
         lines.append("config keys to set (YAML):")
         if output is not None:
             lines.append(f"  MODEL.WEIGHTS: {output}")
         lines += [f"  {k}: {v}" for k, v in self.config_items()]
+        if self.self_supervised:
+            lines.append(f"{self.method} weights: detection transfer as the method's own Detectron2 configs "
+                         "(configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_self_supervised.yaml sets these):")
+            lines += [f"  {k}: {v}" for k, v in self.transfer_items()]
         return "\n".join(lines)
 
 
@@ -190,27 +227,16 @@ def check_against_arch(state_dict: Dict[str, Any], arch: ResNetArch) -> None:
                    for k in set(given) & set(expected) if tuple(expected[k]) != given[k])
     problems = []
     if unplaced:
-        problems.append(f"{len(unplaced)} keys with no place in the model: " + ", ".join(unplaced))
+        problems.append("keys with no place in the model: " + summarize_keys(unplaced))
     if missing:
-        problems.append(f"{len(missing)} model keys missing from the file: " + ", ".join(missing))
+        problems.append("model keys missing from the file: " + summarize_keys(missing))
     if wrong:
-        problems.append(f"{len(wrong)} keys whose shape does not fit: " + "; ".join(wrong))
+        problems.append("keys whose shape does not fit: " + summarize_keys(wrong, separator="; "))
     if problems:
         raise WeightsError("\n".join(problems))
 
 
 # --------------------------------------------------------------------------- conversion
-def split_checkpoint(obj: Any, path: PathLike) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(state_dict, metadata)`` from the containers the families use."""
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
-    metadata = {k: v for k, v in obj.items() if k.startswith("__") or k in (METADATA_KEY, "matching_heuristics")}
-    for container in ("model", "state_dict", "blobs"):
-        if isinstance(obj.get(container), dict):
-            return obj[container], metadata
-    return {k: v for k, v in obj.items() if k not in metadata}, metadata
-
-
 def convert_state_dict(
     state_dict: Dict[str, Any],
     source: Optional[str] = None,
@@ -219,10 +245,15 @@ def convert_state_dict(
     arch: Optional[ResNetArch] = None,
     metadata: Optional[Dict[str, Any]] = None,
     path: PathLike = "<state dict>",
+    prefix: Optional[str] = None,
 ) -> Tuple[Dict[str, Any], ConversionReport]:
-    """Rename and check ``state_dict``; returns Detectron2-named tensors and the report."""
-    detected = detect_source(state_dict.keys())
-    source = source or detected
+    """Find the trunk in ``state_dict`` (a state dict or a whole checkpoint, wrapped in any way
+    :func:`~.wrappers.unwrap_checkpoint` knows; ``prefix`` picks one of several encoders), rename
+    and check it; returns Detectron2-named tensors and the report."""
+    unwrapped = unwrap_checkpoint(state_dict, path, prefix)
+    metadata = {**unwrapped.metadata, **(metadata or {})}
+    state_dict = unwrapped.state_dict
+    source = source or detect_source(state_dict.keys())
     if source is None:
         raise WeightsError(f"{path}: cannot tell which family these weights come from (first keys: "
                            f"{_abbreviate(sorted(state_dict))}); pass --source, one of {SOURCES}")
@@ -232,8 +263,9 @@ def convert_state_dict(
     except ValueError as e:
         raise WeightsError(f"{path}: {e}") from None
     if unplaced:
-        raise WeightsError(f"{path}: {len(unplaced)} keys have no place in a {source} ResNet: "
-                           + ", ".join(unplaced))
+        where = f" (under {unwrapped.prefix!r})" if unwrapped.prefix else ""
+        raise WeightsError(f"{path}: keys that have no place in a {source} ResNet{where}: "
+                           + summarize_keys(unplaced))
     renamed = to_tensor_state_dict(renamed)
     recorded = (metadata or {}).get(METADATA_KEY, {}).get("convention")
     convention = convention or (InputConvention(**recorded) if recorded else DEFAULT_CONVENTIONS[source])
@@ -251,8 +283,9 @@ def convert_state_dict(
         check_against_arch(renamed, target)
     except WeightsError as e:
         raise WeightsError(f"{path}: does not fit the architecture "
-                           f"{dict(target.config_items())}:\n{e}") from None
-    report = ConversionReport(source, target, convention, len(renamed), dropped, notes)
+                           f"{dict(target.weight_config_items())}:\n{e}") from None
+    report = ConversionReport(source, target, convention, len(renamed), dropped, unwrapped.notes + notes,
+                              prefix=unwrapped.prefix, method=unwrapped.method, left_out=unwrapped.left_out)
     return renamed, report
 
 
@@ -265,6 +298,7 @@ def convert_weights(
     arch: Optional[ResNetArch] = None,
     allow_unsafe_pickle: bool = False,
     ema: bool = False,
+    prefix: Optional[str] = None,
 ) -> ConversionReport:
     """Convert the weights in ``input_path`` and write them to ``output_path`` (``.pth`` or ``.pkl``).
 
@@ -286,9 +320,8 @@ def convert_weights(
     if ema:
         raise WeightsError(f"{input_path}: --ema applies to checkpoints of tools/pretrain_imagenet.py, "
                            "which keep an EMA of the weights; this file holds one set of weights")
-    state_dict, metadata = split_checkpoint(obj, input_path)
-    renamed, report = convert_state_dict(state_dict, source, convention=convention, arch=arch,
-                                         metadata=metadata, path=input_path)
+    renamed, report = convert_state_dict(obj, source, convention=convention, arch=arch, path=input_path,
+                                         prefix=prefix)
     save_detectron2_weights(renamed, output_path, report)
     return report
 

@@ -5,8 +5,9 @@ are this package's names too; every other family is translated here and nowhere 
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 SOURCES = ("torchvision", "timm", "detectron2", "caffe2")
 
@@ -163,3 +164,15 @@ def body_key(key: str) -> Optional[str]:
         if key.startswith(prefix) and re.match(r"^(stem\.|res[2-5]\.)", key[len(prefix):]):
             return key[len(prefix):]
     return None
+
+
+def summarize_keys(keys: Sequence[str], limit: int = 5, separator: str = ", ") -> str:
+    """``keys`` for a message: the count, the prefix they share and the first few, never all."""
+    keys = list(keys)
+    if not keys:
+        return "no keys"
+    shared = os.path.commonprefix(keys)
+    shared = shared[: shared.rfind(".") + 1] if len(keys) > 1 else ""
+    head = f"{len(keys)} key{'s' if len(keys) != 1 else ''}" + (f" (all under {shared!r})" if shared else "")
+    shown = separator.join(keys[:limit]) + (f"{separator}... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"{head}: {shown}"
