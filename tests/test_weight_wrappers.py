@@ -244,7 +244,7 @@ def test_the_report_says_which_encoder_was_taken_and_what_else_was_there(tmp_pat
     assert "took MoCo v1/v2's the query encoder under 'module.encoder_q.'" not in printed
     assert "took MoCo v1/v2's query encoder under 'module.encoder_q.'" in printed
     assert "'module.encoder_k.' (the momentum (key) encoder)" in printed
-    assert "module.queue (1 tensor: a head)" in printed or "module.queue (1 tensor" in printed
+    assert "module.queue (1 tensor: a queue)" in printed
 
 
 def test_several_encoders_no_rule_tells_apart_are_refused_naming_them(tmp_path, capsys):

@@ -208,7 +208,8 @@ def unwrap_checkpoint(obj: Any, path: Any = "<checkpoint>", prefix: Optional[str
         owner = next((p for p in others if key.startswith(p)), None)
         group = owner if owner is not None else _group(key, chosen)
         is_head = rest is not None or any(_HEAD_PART.match(part) for part in group.split("."))
-        why = others[owner] if owner is not None else ("a head" if is_head else "")
+        kind = "a queue" if "queue" in group else "prototypes" if "prototypes" in group else "a head"
+        why = others[owner] if owner is not None else (kind if is_head else "")
         left.setdefault(group, [0, why])[0] += 1
     if "0.weight" in state_dict and "4.0.conv1.weight" in state_dict:
         state_dict = {_CHILDREN.get(k.split(".")[0], k.split(".")[0]) + k[len(k.split(".")[0]):]: v
