@@ -292,3 +292,12 @@ def test_shipped_self_supervised_config_sets_the_printed_transfer_keys():
         assert (list(node) if isinstance(node, tuple) else node) == value, key
     arch = ResNetArch.from_cfg(cfg)
     assert arch.norm == "SyncBN" and arch.freeze_at == 0 and not arch.stride_in_1x1
+
+
+def test_a_converted_file_converts_again_keeping_its_recorded_convention(tmp_path):
+    torch.save(prefixed("module.", trunk(1).state_dict()), tmp_path / "ddp.pth")
+    first = convert_weights(tmp_path / "ddp.pth", tmp_path / "d2.pth")
+    again = convert_weights(tmp_path / "d2.pth", tmp_path / "d2_again.pth")
+    # Detectron2 names record no convention of their own; the file's recorded one (RGB) is kept
+    assert again.source == "detectron2" and again.convention == first.convention
+    assert again.convention.input_format == "RGB" and again.num_tensors == first.num_tensors

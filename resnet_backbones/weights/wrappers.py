@@ -176,7 +176,8 @@ def unwrap_checkpoint(obj: Any, path: Any = "<checkpoint>", prefix: Optional[str
     """
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
-    metadata = {k: v for k, v in obj.items() if isinstance(k, str) and (k.startswith("__") or k == "matching_heuristics")}
+    metadata = {k: v for k, v in obj.items()
+                if isinstance(k, str) and (k.startswith("__") or k in ("matching_heuristics", "resnet_backbones"))}
     recorded = obj.get("arch") if isinstance(obj.get("arch"), str) else None
     container = next((c for c in _CONTAINERS if isinstance(obj.get(c), dict) and obj[c]), "")
     inner = obj[container] if container else {k: v for k, v in obj.items() if k not in metadata}
