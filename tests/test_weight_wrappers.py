@@ -156,7 +156,7 @@ def layout_barlow_twins():
     bn = {"running_mean": torch.zeros(128), "running_var": torch.ones(128), "num_batches_tracked": torch.tensor(5)}
     state = {**prefixed("module.backbone.", without_fc(q)), **prefixed("module.projector.", mlp(512, 512, 128, bn=True)),
              **prefixed("module.bn.", bn)}
-    return {"epoch": 300, "model": state, "optimizer": optimizer_state(2)}, q, {}, "projection head"
+    return {"epoch": 300, "model": state, "optimizer": optimizer_state(2)}, q, {}, "a projection head"
 
 
 def layout_simclr():
@@ -245,6 +245,11 @@ def test_the_report_says_which_encoder_was_taken_and_what_else_was_there(tmp_pat
     assert "took MoCo v1/v2's query encoder under 'module.encoder_q.'" in printed
     assert "'module.encoder_k.' (the momentum (key) encoder)" in printed
     assert "module.queue (1 tensor: a queue)" in printed
+    # DINO: the student's head is its own group, beside the student's backbone
+    checkpoint, *_ = layout_dino()
+    torch.save(checkpoint, tmp_path / "dino.pth")
+    printed = convert_weights(tmp_path / "dino.pth", tmp_path / "d2.pth").format()
+    assert "student.module.head. (6 tensors: a head)" in printed and "teacher.module.head. (6 tensors: a head)" in printed
 
 
 def test_several_encoders_no_rule_tells_apart_are_refused_naming_them(tmp_path, capsys):

@@ -103,7 +103,7 @@ class ConversionReport:
             groups = [f"{g} ({n} tensor{'s' if n != 1 else ''}{': ' + why if why else ''})"
                       for g, n, why in self.left_out]
             lines.append(f"left out, not part of the trunk ({sum(n for _, n, _ in self.left_out)} tensors): "
-                         + _abbreviate(groups, limit=8))
+                         + _abbreviate(groups, limit=12))
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append("config keys to set (YAML):")
@@ -111,7 +111,7 @@ class ConversionReport:
             lines.append(f"  MODEL.WEIGHTS: {output}")
         lines += [f"  {k}: {v}" for k, v in self.config_items()]
         if self.self_supervised:
-            lines.append(f"{self.method} weights: detection transfer as the method's own Detectron2 configs "
+            lines.append(f"self-supervised weights ({self.method}): detection transfer as the method's own Detectron2 configs "
                          "(configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_self_supervised.yaml sets these):")
             lines += [f"  {k}: {v}" for k, v in self.transfer_items()]
         return "\n".join(lines)

@@ -40,6 +40,8 @@ _TRUNK_PART = re.compile(r"^(conv1|bn1|layer\d+|stem|res\d+|stages|norm|fc|linea
 #: heads a self-supervised method keeps beside the trunk, inside the trunk's own prefix
 #: (SwAV: ``module.projection_head``, ``module.prototypes``)
 _HEAD_PART = re.compile(r"^(proj\w*|pred\w*|prototypes?\w*|mlp\w*|neck|queue\w*)$")
+#: components that mark a group left out as a head
+_HEAD_LABEL = re.compile(_HEAD_PART.pattern[:-2] + r"|heads?|fc|classifier|last_layer)$")
 #: containers that hold the model weights of a checkpoint (timm, MoCo, Lightning, Detectron2, Caffe2)
 _CONTAINERS = ("state_dict", "model", "blobs")
 
@@ -140,14 +142,18 @@ def _same_tensors(tensors: Dict[str, Any], prefix_a: str, prefix_b: str) -> bool
                for k in trunk)
 
 
-def _group(key: str, prefix: str) -> str:
-    """The group ``key`` is listed under: the components it shares with ``prefix``, and one more."""
+def _group(key: str, prefix: str, encoders: List[str]) -> str:
+    """The group ``key`` is listed under: the components it shares with ``prefix`` and one more,
+    or more where that would still hold an encoder (DINO's ``student.`` holds its backbone and
+    its head: the head is ``student.module.head.``)."""
     parts, prefix_parts = key.split("."), prefix.rstrip(".").split(".") if prefix else []
     shared = 0
     while shared < min(len(parts) - 1, len(prefix_parts)) and parts[shared] == prefix_parts[shared]:
         shared += 1
-    group = ".".join(parts[: shared + 1])
-    return group + ("." if shared + 1 < len(parts) else "")
+    depth = shared + 1
+    while depth < len(parts) and any(e.startswith(".".join(parts[:depth]) + ".") for e in encoders):
+        depth += 1
+    return ".".join(parts[:depth]) + ("." if depth < len(parts) else "")
 
 
 def _method_from_heads(keys: List[str], prefix: str) -> str:
@@ -160,9 +166,9 @@ def _method_from_heads(keys: List[str], prefix: str) -> str:
     if any(re.search(r"(^|\.)queue$", k) for k in keys):
         return "MoCo v1/v2"
     if any(r.startswith("fc.0.") for r in rests) and any(r.startswith("fc.2.") for r in rests):
-        return "MLP projection head (SimCLR-style)"
+        return "an MLP projection head as fc, SimCLR-style"
     if any(re.search(r"(^|\.)(projector|projection_head|predictor)\.", k) for k in keys):
-        return "projection head (Barlow Twins, SimCLR, BYOL-style)"
+        return "a projection head, Barlow Twins / SimCLR / BYOL-style"
     return ""
 
 
@@ -207,8 +213,8 @@ def unwrap_checkpoint(obj: Any, path: Any = "<checkpoint>", prefix: Optional[str
             state_dict[rest] = value
             continue
         owner = next((p for p in others if key.startswith(p)), None)
-        group = owner if owner is not None else _group(key, chosen)
-        is_head = rest is not None or any(_HEAD_PART.match(part) for part in group.split("."))
+        group = owner if owner is not None else _group(key, chosen, encoders)
+        is_head = rest is not None or any(_HEAD_LABEL.match(part) for part in group.split("."))
         kind = "a queue" if "queue" in group else "prototypes" if "prototypes" in group else "a head"
         why = others[owner] if owner is not None else (kind if is_head else "")
         left.setdefault(group, [0, why])[0] += 1
