@@ -29,7 +29,7 @@ NEW_KEYS.update({
 #: Deformable convolutions use Detectron2's own ``DEFORM_ON_PER_STAGE``, ``DEFORM_MODULATED`` and
 #: ``DEFORM_NUM_GROUPS``, and DC5 its ``RES5_DILATION``.
 NEW_KEYS.update({
-    "MODEL.RESNETS.STEM_TYPE": "basic",  # "basic" (7x7) or "deep" (three 3x3, ResNet-C)
+    "MODEL.RESNETS.STEM_TYPE": "basic",  # "basic" (7x7), "deep" (three 3x3, ResNet-C) or "tiered"
     "MODEL.RESNETS.STEM_WIDTH": 32,  # inner width of the deep stem
     "MODEL.RESNETS.SHORTCUT": "B",  # the paper's options "A", "B", "C"
     "MODEL.RESNETS.AVG_DOWN": False,  # ResNet-D: average-pool, then a stride-1 projection
@@ -44,6 +44,10 @@ NEW_KEYS.update({
     "MODEL.RESNETS.NORM_EVAL": False,  # BatchNorm statistics frozen, affine weights trained
     "MODEL.RESNETS.CHANNELS_LAST": False,  # backbone (and FPN) in torch.channels_last
     "MODEL.RESNETS.PRESET": "",  # "resnet_d", "seresnext", "resnet_rs", "wide", "deeplab_stem"
+    "MODEL.RESNETS.NUM_BLOCKS": [],  # blocks of res2..res5, for any DEPTH (= 2 + 2 or 3 per block)
+    "MODEL.RESNETS.STEM_POOL": "max",  # or "conv": ResNet-RS's strided 3x3 convolution
+    "MODEL.RESNETS.ANTI_ALIAS": "",  # "avg" or "blur": anti-aliased downsampling (timm's aa_layer)
+    "MODEL.RESNETS.ECA": False,  # ECA channel attention in every block (instead of SE)
 })
 
 

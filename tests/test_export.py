@@ -65,6 +65,11 @@ BODY_VARIANTS = {
                           deform_on_per_stage=(False, True, True, True),
                           deform_modulated=True, deform_num_groups=2),
     "shortcut A, dilated res5": dict(depth=18, norm="BN", shortcut="A", output_stride=16),
+    "ResNet-RS (conv stem pool, SE)": dict(depth=50, preset="resnet_rs", norm="BN", width_per_group=16,
+                                           res2_out_channels=64),
+    "tiered stem, blur pool, ECA, few blocks": dict(depth=20, num_blocks=(1, 2, 2, 1), stem_type="tiered",
+                                                    stride_in_1x1=False, anti_alias="blur", eca=True, norm="BN",
+                                                    width_per_group=16, res2_out_channels=64),
 }
 
 

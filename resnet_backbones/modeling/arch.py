@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .blocks import SHORTCUT_TYPES
-from .layers import GN_GROUPS, NORM_NAMES
-from .stems import STEM_TYPES
+from .layers import ANTI_ALIAS_TYPES, GN_GROUPS, NORM_NAMES
+from .stems import STEM_POOLS, STEM_TYPES
 
 #: depth -> (block type, blocks per stage res2..res5). The one depth table.
 DEPTHS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
@@ -42,9 +42,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "resnet_d": {"stem_type": "deep", "stem_width": 32, "avg_down": True, "stride_in_1x1": False},
     # timm seresnext50_32x4d
     "seresnext": {"se_ratio": 0.0625, "num_groups": 32, "width_per_group": 4, "stride_in_1x1": False},
-    # ResNet-RS (Bello et al.) without its stem-pool replacement: ResNet-D plus SE with ratio 1/4
+    # ResNet-RS (Bello et al.; timm resnetrs50): ResNet-D, SE with ratio 1/4, and a strided 3x3
+    # convolution in place of the stem's max pool
     "resnet_rs": {"stem_type": "deep", "stem_width": 32, "avg_down": True, "se_ratio": 0.25,
-                  "stride_in_1x1": False},
+                  "stem_pool": "conv", "stride_in_1x1": False},
     # torchvision wide_resnet50_2 (WRN-50-2)
     "wide": {"width_per_group": 128, "stride_in_1x1": False},
     # Detectron2's DeepLab project stem: three 3x3 convolutions 64, 64, 128 wide
@@ -65,7 +66,10 @@ def _conflict(key_a: str, value_a: Any, key_b: str, value_b: Any, why: str) -> C
 
 
 #: fields whose config values are lists (held as tuples)
-_LIST_FIELDS = ("out_features", "deform_on_per_stage", "res5_multi_grid", "checkpoint_stages")
+_LIST_FIELDS = ("out_features", "deform_on_per_stage", "res5_multi_grid", "checkpoint_stages", "num_blocks")
+
+#: conv layers per block: a depth is 2 (stem conv, classifier) plus this times the blocks
+_LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 
 
 @dataclass
@@ -102,6 +106,11 @@ class ResNetArch:
     channels_last: bool = False
     preset: str = ""
     in_channels: int = 3
+    # issue 15: any depth, timm's stems, anti-aliasing, ECA
+    num_blocks: Tuple[int, ...] = ()
+    stem_pool: str = "max"
+    anti_alias: str = ""
+    eca: bool = False
 
     #: field -> the config key it is read from (messages name keys, not fields)
     KEYS = {
@@ -133,6 +142,10 @@ class ResNetArch:
         "norm_eval": "MODEL.RESNETS.NORM_EVAL",
         "channels_last": "MODEL.RESNETS.CHANNELS_LAST",
         "preset": "MODEL.RESNETS.PRESET",
+        "num_blocks": "MODEL.RESNETS.NUM_BLOCKS",
+        "stem_pool": "MODEL.RESNETS.STEM_POOL",
+        "anti_alias": "MODEL.RESNETS.ANTI_ALIAS",
+        "eca": "MODEL.RESNETS.ECA",
     }
 
     #: fields the weights do not determine: how the body is run, trained or cut, not what
@@ -205,11 +218,15 @@ class ResNetArch:
     # ----------------------------------------------------------------- derived facts
     @property
     def block_type(self) -> str:
+        """``basic`` or ``bottleneck``: the depth table's, or with ``NUM_BLOCKS`` the type whose
+        layer count (2 + 2 or 3 per block) is ``DEPTH``."""
+        if self.num_blocks:
+            return next(t for t, k in _LAYERS_PER_BLOCK.items() if 2 + k * sum(self.num_blocks) == self.depth)
         return DEPTHS[self.depth][0]
 
     @property
     def blocks_per_stage(self) -> Tuple[int, ...]:
-        return DEPTHS[self.depth][1]
+        return tuple(self.num_blocks) if self.num_blocks else DEPTHS[self.depth][1]
 
     @property
     def num_stages(self) -> int:
@@ -275,8 +292,7 @@ class ResNetArch:
             finally:
                 del self.KEYS
         k = self.KEYS
-        if self.depth not in DEPTHS:
-            raise _bad(k["depth"], self.depth, f"one of {sorted(DEPTHS)}")
+        self._check_depth()
         unknown = [f for f in self.out_features if f not in FEATURE_NAMES]
         if unknown or not self.out_features:
             raise _bad(k["out_features"], list(self.out_features),
@@ -304,10 +320,53 @@ class ResNetArch:
         self._check_stem()
         self._check_shortcut()
         self._check_squeeze_excite()
+        self._check_anti_alias()
         self._check_deform()
         self._check_dilation()
         self._check_training_aids()
         return self
+
+    def _check_depth(self) -> None:
+        k, blocks = self.KEYS, self.num_blocks
+        if not blocks:
+            if self.depth not in DEPTHS:
+                raise _bad(k["depth"], self.depth, f"one of {sorted(DEPTHS)}, or any depth with "
+                           f"{k['num_blocks']} (blocks per stage res2..res5)")
+            return
+        if len(blocks) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in blocks):
+            raise _bad(k["num_blocks"], list(blocks), "[] (from DEPTH) or four positive integers, "
+                       "the blocks of res2..res5")
+        layers = {t: 2 + n * sum(blocks) for t, n in _LAYERS_PER_BLOCK.items()}
+        if self.depth not in layers.values():
+            raise _conflict(k["depth"], self.depth, k["num_blocks"], list(blocks),
+                            f"DEPTH counts the layers, 2 + 2 per basic block ({layers['basic']}) or 2 + 3 per "
+                            f"bottleneck block ({layers['bottleneck']}), and so chooses the block type")
+
+    def _check_anti_alias(self) -> None:
+        k = self.KEYS
+        if self.stem_pool not in STEM_POOLS:
+            raise _bad(k["stem_pool"], self.stem_pool,
+                       "'max' (3x3 max pool) or 'conv' (ResNet-RS: a 3x3 stride-2 convolution with norm and ReLU)")
+        if not isinstance(self.eca, bool):
+            raise _bad(k["eca"], self.eca, "True or False")
+        if self.eca and self.se_ratio > 0:
+            raise _conflict(k["eca"], True, k["se_ratio"], self.se_ratio,
+                            "a block has one channel attention: ECA or squeeze-and-excitation")
+        if self.anti_alias not in ANTI_ALIAS_TYPES:
+            raise _bad(k["anti_alias"], self.anti_alias,
+                       "'' (none), 'avg' (2x2 average pool) or 'blur' (3x3 binomial blur pool), applied "
+                       "after the strided 3x3 convolution, which then keeps stride 1 (timm's aa_layer)")
+        if not self.anti_alias:
+            return
+        if self.stride_in_1x1 and self.block_type == "bottleneck":
+            raise _conflict(k["anti_alias"], self.anti_alias, k["stride_in_1x1"], True,
+                            "anti-aliasing takes the stride of the 3x3 convolution; set STRIDE_IN_1X1 False")
+        for key, value, why in ((k["stem_pool"], self.stem_pool, "conv"), (k["preact"], self.preact, True),
+                                (k["deform_on_per_stage"], any(self.deform_on_per_stage), True)):
+            if value == why:
+                raise _conflict(k["anti_alias"], self.anti_alias, key, list(self.deform_on_per_stage)
+                                if key == k["deform_on_per_stage"] else value,
+                                "this package has no anti-aliased form of it (nor has timm)")
 
     def _check_basic_blocks(self) -> None:
         k, why = self.KEYS, f"depth {self.depth} uses basic blocks (ResNet-18/34)"
@@ -325,8 +384,10 @@ class ResNetArch:
         if self.block_type == "bottleneck":
             widths[f"{self.KEYS['num_groups']} x {self.KEYS['width_per_group']}"] = (
                 self.num_groups * self.width_per_group)
-        if self.stem_type == "deep":
+        if self.stem_type != "basic":
             widths[self.KEYS["stem_width"]] = self.stem_width
+        if self.stem_type == "tiered":
+            widths[f"3/4 of {self.KEYS['stem_width']} (the tiered stem's first width)"] = self.stem_width // 4 * 3
         for key, channels in widths.items():
             if channels % GN_GROUPS:
                 raise ConfigError(

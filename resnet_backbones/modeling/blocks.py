@@ -3,8 +3,8 @@
 Every block follows Detectron2's contract (``CNNBlockBase``): ``in_channels``,
 ``out_channels`` and ``stride`` attributes, NCHW in and out. Parameter names are Detectron2's
 whatever the variant and the norm: ``conv1``..``conv3`` with their norms as ``convK.norm``,
-``shortcut`` for the projection, ``conv2_offset`` for a deformable 3x3's offsets, and ``se.fc1``,
-``se.fc2`` for squeeze-and-excitation.
+``shortcut`` for the projection, ``conv2_offset`` for a deformable 3x3's offsets, ``se.fc1``,
+``se.fc2`` for squeeze-and-excitation and ``eca.conv`` for ECA.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase
 from torch import nn
 
-from .layers import DeformConvNorm, NormSpec, SqueezeExcite, conv_norm, drop_path
+from .layers import (DeformConvNorm, EfficientChannelAttention, NormSpec, SqueezeExcite, anti_alias_pool, conv_norm,
+                     drop_path)
 
 #: the paper's shortcut options: A identity with zero-padded channels, B projection where the
 #: shape changes, C projection everywhere
@@ -56,6 +57,10 @@ class ResidualBlock(CNNBlockBase):
             (stochastic depth).
         zero_init_last: start the branch's last norm scale (its last convolution where no norm
             follows it) at zero, so the block starts as the identity (Goyal et al.).
+        anti_alias: in a strided block, the 3x3 convolution keeps stride 1 and ``"avg"`` (2x2
+            average pool) or ``"blur"`` (blur pool) subsamples its activated output (timm's
+            ``aa_layer``); ``""`` for none. Needs the stride on the 3x3.
+        eca: ECA channel attention (``eca.conv``) on the branch output instead of SE.
     """
 
     def __init__(
@@ -79,6 +84,8 @@ class ResidualBlock(CNNBlockBase):
         deform_num_groups: int = 1,
         drop_path_rate: float = 0.0,
         zero_init_last: bool = False,
+        anti_alias: str = "",
+        eca: bool = False,
     ):
         super().__init__(in_channels, out_channels, stride)
         if shortcut_type not in SHORTCUT_TYPES:
@@ -90,12 +97,16 @@ class ResidualBlock(CNNBlockBase):
         self.drop_path_rate = drop_path_rate
         first_dilation = dilation if first_dilation is None else first_dilation
         conv_args = dict(norm=norm, norm_first=preact)
+        use_aa = bool(anti_alias) and stride > 1
+        if use_aa and (preact or deform or (stride_in_1x1 and self.is_bottleneck)):
+            raise ValueError("anti-aliasing needs a post-activation block with its stride on a plain 3x3")
+        conv_stride = 1 if use_aa else stride
 
         self._build_shortcut(in_channels, out_channels, stride, norm, shortcut_type, avg_down, preact)
 
         self.conv2_offset = None
         if self.is_bottleneck:
-            stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+            stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, conv_stride)
             width = bottleneck_channels
             self.conv1 = conv_norm(in_channels, width, 1, stride=stride_1x1, **conv_args)
             if deform:
@@ -112,12 +123,18 @@ class ResidualBlock(CNNBlockBase):
             self.conv3 = conv_norm(width, out_channels, 1, **conv_args)
             self._branch = ("conv1", "conv2", "conv3")
         else:
-            self.conv1 = conv_norm(in_channels, out_channels, 3, stride=stride, dilation=first_dilation,
+            self.conv1 = conv_norm(in_channels, out_channels, 3, stride=conv_stride, dilation=first_dilation,
                                    **conv_args)
             self.conv2 = conv_norm(out_channels, out_channels, 3, dilation=dilation, **conv_args)
             self._branch = ("conv1", "conv2")
 
+        # the subsampling of an anti-aliased block comes before the branch convolution of this index
+        self.aa_index = (2 if self.is_bottleneck else 1) if use_aa else -1
+        self.aa: nn.Module = anti_alias_pool(anti_alias, bottleneck_channels or out_channels) if use_aa else nn.Identity()
         self.se = SqueezeExcite(out_channels, se_ratio) if se_ratio > 0 else None
+        if eca and se_ratio > 0:
+            raise ValueError("a block has one channel attention: eca or se_ratio")
+        self.eca = EfficientChannelAttention(out_channels) if eca else None
         if zero_init_last:
             self._zero_init_last()
 
@@ -173,12 +190,18 @@ class ResidualBlock(CNNBlockBase):
                 shortcut_input = out
         out = self.conv1.convolve(out)
         out = self.conv2.preactivate(out) if self.preact else F.relu_(out)
+        if self.aa_index == 1:  # anti-aliasing subsamples before the convolution of this index
+            out = self.aa(out)
         out = self._convolve_3x3(out)
         if hasattr(self, "conv3"):
             out = self.conv3.preactivate(out) if self.preact else F.relu_(out)
+            if self.aa_index == 2:
+                out = self.aa(out)
             out = self.conv3.convolve(out)
         if self.se is not None:
             out = self.se(out)
+        if self.eca is not None:
+            out = self.eca(out)
         out = drop_path(out, self.drop_path_rate, self.training)
         shortcut = self._shortcut(shortcut_input)
         if out.dtype == shortcut.dtype:

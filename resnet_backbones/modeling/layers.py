@@ -2,6 +2,7 @@
 drop path."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Union
 
 import torch
@@ -151,6 +152,58 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True))))
         return x * torch.sigmoid(gate)
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA (Wang et al.): channels rescaled by a gate from a 1D convolution across their means,
+    with the kernel size the paper derives from the channel count (timm's ``EcaModule``; its one
+    parameter is ``conv.weight``, of shape ``(1, 1, kernel)``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, eca_kernel_size(channels), padding=(eca_kernel_size(channels) - 1) // 2,
+                              bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.conv(x.mean((2, 3)).unsqueeze(1))
+        return x * torch.sigmoid(gate).view(x.shape[0], x.shape[1], 1, 1)
+
+
+def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
+    """The odd kernel size ``|log2(channels) + beta| / gamma`` rounds to, at least 3 (the ECA paper)."""
+    t = int(abs(math.log2(channels) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
+
+
+#: ``MODEL.RESNETS.ANTI_ALIAS`` values: none, a 2x2 average pool, a 3x3 binomial blur pool
+ANTI_ALIAS_TYPES = ("", "avg", "blur")
+
+
+class BlurPool2d(nn.Module):
+    """Blur, then subsample (Zhang, "Making convolutional networks shift-invariant again"): a
+    depthwise 3x3 binomial filter ``[1, 2, 1]^T [1, 2, 1] / 16`` with reflected padding, at
+    ``stride`` (timm's ``BlurPool2d``). The filter is a fixed buffer outside the state dict."""
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0]) / 4
+        self.register_buffer("filt", (taps[:, None] * taps[None, :]).expand(channels, 1, 3, 3).contiguous(),
+                             persistent=False)
+        self.stride = stride
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, [1, 1, 1, 1], mode="reflect")
+        return F.conv2d(x, self.filt.to(x.dtype), stride=self.stride, groups=self.channels)
+
+
+def anti_alias_pool(kind: str, channels: int, stride: int = 2) -> nn.Module:
+    """The subsampling that follows a convolution made stride 1 by anti-aliasing ``kind``."""
+    if kind == "avg":
+        return nn.AvgPool2d(stride, stride)
+    if kind == "blur":
+        return BlurPool2d(channels, stride)
+    raise ValueError(f"anti-aliasing {kind!r}: expected one of {ANTI_ALIAS_TYPES[1:]}")
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:

@@ -163,6 +163,8 @@ def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: Op
         deform_num_groups=arch.deform_num_groups,
         drop_path_rate_per_block=arch.block_drop_path_rates(index),
         zero_init_last=arch.zero_init_residual,
+        anti_alias=arch.anti_alias,
+        eca=arch.eca,
     )
     # a pre-activation network's outputs are un-normalised sums; its last stage gets the norm
     final_norm = get_norm(arch.norm, arch.stage_out_channels(index)) if arch.preact and index == 3 else None
@@ -226,7 +228,8 @@ class ResNet(Backbone):
     @classmethod
     def from_arch(cls, arch: ResNetArch) -> "ResNet":
         stem = Stem(arch.in_channels, arch.stem_out_channels, norm=arch.norm, stem_type=arch.stem_type,
-                    deep_width=arch.stem_width, preact=arch.preact)
+                    deep_width=arch.stem_width, preact=arch.preact, pool=arch.stem_pool,
+                    anti_alias=arch.anti_alias)
         stages, channels = [], stem.out_channels
         for index in range(arch.num_stages):
             stages.append(build_stage(arch, index, channels))

@@ -4,10 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase
+from torch import nn
 
-from .layers import NormSpec, conv_norm
+from .layers import BlurPool2d, NormSpec, conv_norm
 
-STEM_TYPES = ("basic", "deep")
+STEM_TYPES = ("basic", "deep", "tiered")
+#: what brings the stem from stride 2 to 4: a 3x3 max pool, or ResNet-RS's strided 3x3 convolution
+STEM_POOLS = ("max", "conv")
 
 
 class Stem(CNNBlockBase):
@@ -17,8 +20,15 @@ class Stem(CNNBlockBase):
     ``stem_type="deep"``: three 3x3 convolutions, the first with stride 2, the inner ones
     ``deep_width`` wide (ResNet-C; timm's ``stem_type='deep'`` with ``deep_width=32``,
     Detectron2's DeepLab stem with ``deep_width = out_channels / 2``).
+    ``stem_type="tiered"``: as deep, with the first convolution ``3 * (deep_width // 4)`` wide
+    (timm's ``deep_tiered``: 24, 32 and 64 wide in ``resnet50t``).
     Convolutions are named ``conv1``, ``conv2``, ``conv3`` so that Detectron2 and DeepLab
     checkpoints load unchanged.
+
+    ``pool="conv"`` (ResNet-RS): the max pool becomes a 3x3 stride-2 convolution with norm and
+    ReLU, ``pool`` (``stem.pool.weight``, ``stem.pool.norm.*``). ``anti_alias`` (timm's
+    ``aa_layer``): the max pool is a 2x2 average pool (``"avg"``), or a stride-1 max pool then a
+    blur pool (``"blur"``).
 
     ``preact=True`` (ResNet v2): the last convolution has no norm and no ReLU, because the first
     block's pre-activation normalises the stem's output (as in timm's ``ResNetV2``).
@@ -33,19 +43,32 @@ class Stem(CNNBlockBase):
         stem_type: str = "basic",
         deep_width: int = 32,
         preact: bool = False,
+        pool: str = "max",
+        anti_alias: str = "",
     ):
         super().__init__(in_channels, out_channels, stride=4)
         if stem_type not in STEM_TYPES:
             raise ValueError(f"stem_type={stem_type!r}: expected one of {STEM_TYPES}")
+        if pool not in STEM_POOLS:
+            raise ValueError(f"pool={pool!r}: expected one of {STEM_POOLS}")
         self.stem_type = stem_type
         self.preact = preact
         last_norm, last_bias = (None, False) if preact else (norm, None)
         if stem_type == "basic":
             self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=last_norm, bias=last_bias)
         else:
-            self.conv1 = conv_norm(in_channels, deep_width, 3, stride=2, norm=norm)
-            self.conv2 = conv_norm(deep_width, deep_width, 3, norm=norm)
+            first_width = deep_width // 4 * 3 if stem_type == "tiered" else deep_width
+            self.conv1 = conv_norm(in_channels, first_width, 3, stride=2, norm=norm)
+            self.conv2 = conv_norm(first_width, deep_width, 3, norm=norm)
             self.conv3 = conv_norm(deep_width, out_channels, 3, norm=last_norm, bias=last_bias)
+        self.pool_type = pool
+        self.pool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        if pool == "conv":
+            self.pool = conv_norm(out_channels, out_channels, 3, stride=2, norm=norm)
+        elif anti_alias == "avg":
+            self.pool = nn.AvgPool2d(2, 2)
+        elif anti_alias == "blur":
+            self.pool = nn.Sequential(nn.MaxPool2d(kernel_size=3, stride=1, padding=1), BlurPool2d(out_channels, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
@@ -53,4 +76,5 @@ class Stem(CNNBlockBase):
             x = self.conv3(F.relu_(self.conv2(F.relu_(x))))
         if not self.preact:
             x = F.relu_(x)
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        x = self.pool(x)
+        return F.relu_(x) if self.pool_type == "conv" else x

@@ -8,6 +8,7 @@ by this package, and writes ``{"model": ..., "__author__": ..., "matching_heuris
 """
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections import defaultdict
@@ -19,8 +20,10 @@ import torch
 
 from ..modeling.arch import DEPTHS, ConfigError, ResNetArch
 from .io import PathLike, WeightsError, atomic_output, load_weights_file, to_numpy_state_dict, to_tensor_state_dict
-from .naming import SOURCES, architecture_hints, body_key, detect_source, rename_state_dict
+from .naming import SOURCES, architecture_hints, body_key, detect_source, rename_state_dict, summarize_keys
 from .pretrained import convert_pretrain_checkpoint, is_pretrain_checkpoint
+from .timm_models import anti_aliased_twins, check_named_model, recorded_timm_model, timm_anti_alias
+from .wrappers import unwrap_checkpoint
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,18 @@ DEFAULT_CONVENTIONS = {"torchvision": TORCHVISION_CONVENTION, "timm": TORCHVISIO
 
 METADATA_KEY = "resnet_backbones"
 
+#: What self-supervised methods fine-tune a detector with, beyond the input convention (MoCo's
+#: Detectron2 project, facebookresearch/moco detection/configs/Base-RCNN-C4-BN.yaml and
+#: coco_R_50_C4_2x_moco.yaml: BN trained and synchronised, nothing frozen, precise BN statistics
+#: before testing; the MoCo paper's R50-FPN runs synchronise BN in the FPN too). The shipped
+#: configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_self_supervised.yaml sets them.
+SELF_SUPERVISED_TRANSFER: Tuple[Tuple[str, Any], ...] = (
+    ("MODEL.BACKBONE.FREEZE_AT", 0),
+    ("MODEL.RESNETS.NORM", "SyncBN"),
+    ("MODEL.FPN.NORM", "SyncBN"),
+    ("TEST.PRECISE_BN.ENABLED", True),
+)
+
 
 @dataclass
 class ConversionReport:
@@ -55,12 +70,26 @@ class ConversionReport:
     num_tensors: int
     dropped: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    #: where the trunk was in the file (``module.encoder_q.``), and by which method it was trained
+    prefix: str = ""
+    method: str = ""
+    #: ``(group, tensor count, why)`` for every part of the file that is not the trunk
+    left_out: List[Tuple[str, int, str]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def self_supervised(self) -> bool:
+        return bool(self.method)
 
     def config_items(self) -> List[Tuple[str, Any]]:
         # facts of the weights only; the detector's choices (outputs, freezing, dilation...) stay the user's
         items = dict(self.arch.weight_config_items())
         items.update(self.convention.config_items())
         return list(items.items())
+
+    def transfer_items(self) -> List[Tuple[str, Any]]:
+        """The detection-transfer keys of the weights' method (self-supervised weights only)."""
+        return list(SELF_SUPERVISED_TRANSFER) if self.self_supervised else []
 
     def format(self, output: Optional[PathLike] = None) -> str:
         lines = [f"source format: {self.source}; {self.num_tensors} tensors written"]
@@ -70,11 +99,21 @@ class ConversionReport:
             lines.append(f"dropped {len(counters)} BatchNorm step counters (num_batches_tracked)")
         if others:
             lines.append(f"dropped on purpose ({len(others)}): " + _abbreviate(others))
+        if self.left_out:
+            groups = [f"{g} ({n} tensor{'s' if n != 1 else ''}{': ' + why if why else ''})"
+                      for g, n, why in self.left_out]
+            lines.append(f"left out, not part of the trunk ({sum(n for _, n, _ in self.left_out)} tensors): "
+                         + _abbreviate(groups, limit=12))
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning: {w}" for w in self.warnings]
         lines.append("config keys to set (YAML):")
         if output is not None:
             lines.append(f"  MODEL.WEIGHTS: {output}")
         lines += [f"  {k}: {v}" for k, v in self.config_items()]
+        if self.self_supervised:
+            lines.append(f"self-supervised weights ({self.method}): detection transfer as the method's own Detectron2 configs "
+                         "(configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_self_supervised.yaml sets these):")
+            lines += [f"  {k}: {v}" for k, v in self.transfer_items()]
         return "\n".join(lines)
 
 
@@ -83,13 +122,15 @@ def _abbreviate(keys: List[str], limit: int = 6) -> str:
 
 
 # --------------------------------------------------------------------------- inference
-def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool = False) -> ResNetArch:
+def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool = False,
+               anti_alias: str = "") -> ResNetArch:
     """The :class:`ResNetArch` whose body has exactly the keys and shapes of ``state_dict``.
 
     ``state_dict`` uses Detectron2 names, optionally with detector prefixes. Stride placement
-    and average-pool downsampling leave no trace in the weights, so they are given (the latter
-    from the source's naming, ``naming.architecture_hints``). Inferred: depth, groups and width,
-    stem type and widths, pre-activation, shortcut option, squeeze-and-excitation ratio and
+    average-pool downsampling and anti-aliasing leave no trace in the weights, so they are given
+    (average pooling from the source's naming, ``naming.architecture_hints``; anti-aliasing from a
+    named timm model, ``timm_models``). Inferred: depth (or blocks per stage), groups and width,
+    stem type, widths and pool, pre-activation, shortcut option, SE ratio or ECA, and
     deformable stages (DCN v1 or v2, offset groups; an offset width that fits both, such as 54,
     is read as v2 with a power-of-two group count).
     """
@@ -103,9 +144,16 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
             blocks[int(m.group(1))].add(int(m.group(2)))
     counts = tuple(len(blocks[s]) for s in (2, 3, 4, 5) if blocks[s])
     block_type = "bottleneck" if "res2.0.conv3.weight" in body else "basic"
+    _check_regular(body, blocks, block_type)
     depths = [d for d, (t, n) in DEPTHS.items() if t == block_type and n[: len(counts)] == counts]
+    num_blocks: Tuple[int, ...] = ()
+    if not depths and len(counts) == 4:
+        # any other depth: the blocks explicit, the depth their layer count (NUM_BLOCKS)
+        num_blocks = counts
+        depths = [2 + (3 if block_type == "bottleneck" else 2) * sum(counts)]
     if not depths:
-        raise WeightsError(f"{block_type} blocks per stage {counts} match no known depth {sorted(DEPTHS)}")
+        raise WeightsError(f"{block_type} blocks per stage {counts} match no known depth {sorted(DEPTHS)}, and "
+                           "MODEL.RESNETS.NUM_BLOCKS needs all four stages")
 
     deep_stem = "stem.conv3.weight" in body
     stem_last = "stem.conv3" if deep_stem else "stem.conv1"
@@ -121,8 +169,16 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
         norm = "FrozenBN" if norm_weights[0][: -len("weight")] + "running_var" in body else "GN"
     stages = [s for s in (2, 3, 4, 5) if blocks[s]]
     modulated, offset_groups = _infer_deform(body, stages)
+    stem_type, stem_width = "basic", ResNetArch.stem_width
+    if deep_stem:
+        first, second = body["stem.conv1.weight"].shape[0], body["stem.conv2.weight"].shape[0]
+        stem_type, stem_width = ("deep", first) if first == second else ("tiered", second)
+        if stem_type == "tiered" and first != second // 4 * 3:
+            raise WeightsError(f"a deep stem {first} then {second} wide is neither deep (equal widths) nor "
+                               f"tiered (the first 3/4 of the second, as timm's deep_tiered)")
     return ResNetArch(
         depth=depths[0],
+        num_blocks=num_blocks,
         out_features=tuple(f"res{s}" for s in stages),
         norm=norm,
         num_groups=num_groups,
@@ -132,8 +188,11 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
         res2_out_channels=res2_out,
         freeze_at=0,
         in_channels=body["stem.conv1.weight"].shape[1],
-        stem_type="deep" if deep_stem else "basic",
-        stem_width=body["stem.conv1.weight"].shape[0] if deep_stem else ResNetArch.stem_width,
+        stem_type=stem_type,
+        stem_width=stem_width,
+        stem_pool="conv" if "stem.pool.weight" in body else "max",
+        anti_alias=anti_alias,
+        eca="res2.0.eca.conv.weight" in body,
         # a pre-activation stem leaves its output to the first block's norm
         preact=bool(norm_weights) and f"{stem_last}.norm.weight" not in body,
         shortcut=_infer_shortcut(body, blocks, stem_out != res2_out),
@@ -143,6 +202,27 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
         deform_modulated=modulated,
         deform_num_groups=offset_groups,
     ).validated()
+
+
+def _check_regular(body: Dict[str, Any], blocks: Dict[int, set], block_type: str) -> None:
+    """Refuse, by name, trunks that one ``ResNetArch`` cannot describe."""
+    mixed = [f"res{s}" for s in blocks if blocks[s] and (f"res{s}.0.conv3.weight" in body) != (block_type == "bottleneck")]
+    if mixed:
+        raise WeightsError(f"{', '.join(mixed)} and res2 have different block types (basic and bottleneck mixed, as "
+                           "timm's test_resnet); one block type per network is supported")
+    for stage in sorted(blocks):
+        widths = {tuple(body[f"res{stage}.{b}.conv1.weight"].shape[:1]) for b in blocks[stage]
+                  if f"res{stage}.{b}.conv1.weight" in body}
+        if len(widths) > 1:
+            raise WeightsError(f"res{stage}'s blocks have different widths {sorted(w[0] for w in widths)} (a pruned "
+                               "network, as timm's *_pruned); one width per stage is supported")
+    for key in (f"res{s}.0.shortcut.weight" for s in sorted(blocks)):
+        if key in body and tuple(body[key].shape[2:]) != (1, 1):
+            raise WeightsError(f"{key}: {tuple(body[key].shape[2:])} projection shortcuts (timm's down_kernel_size, as "
+                               "in senet154) are not supported; projections are 1x1")
+    for key in ("res2.0.conv1.weight", "res2.0.conv2.weight"):
+        if key not in body:
+            raise WeightsError(f"no {key}: the stages are not ResNet blocks of conv1, conv2 (and conv3)")
 
 
 def _infer_shortcut(body: Dict[str, Any], blocks: Dict[int, set], res2_reshapes: bool) -> str:
@@ -181,8 +261,9 @@ def check_against_arch(state_dict: Dict[str, Any], arch: ResNetArch) -> None:
     """Raise listing every body key of ``state_dict`` that ``arch`` lacks, misses or shapes differently."""
     from ..modeling.resnet import ResNet
 
-    expected = {k: v.shape for k, v in ResNet.from_arch(arch).state_dict().items()
-                if not k.endswith("num_batches_tracked")}
+    with torch.device("meta"):  # only the shapes are needed: no memory, no initialisation
+        model = ResNet.from_arch(arch)
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     given = {bk: tuple(v.shape) for k, v in state_dict.items() if (bk := body_key(k)) is not None}
     unplaced = sorted(set(given) - set(expected))
     missing = sorted(set(expected) - set(given))
@@ -190,27 +271,16 @@ def check_against_arch(state_dict: Dict[str, Any], arch: ResNetArch) -> None:
                    for k in set(given) & set(expected) if tuple(expected[k]) != given[k])
     problems = []
     if unplaced:
-        problems.append(f"{len(unplaced)} keys with no place in the model: " + ", ".join(unplaced))
+        problems.append("keys with no place in the model: " + summarize_keys(unplaced))
     if missing:
-        problems.append(f"{len(missing)} model keys missing from the file: " + ", ".join(missing))
+        problems.append("model keys missing from the file: " + summarize_keys(missing))
     if wrong:
-        problems.append(f"{len(wrong)} keys whose shape does not fit: " + "; ".join(wrong))
+        problems.append("keys whose shape does not fit: " + summarize_keys(wrong, separator="; "))
     if problems:
-        raise WeightsError("\n".join(problems))
+        raise WeightsError("; ".join(problems))
 
 
 # --------------------------------------------------------------------------- conversion
-def split_checkpoint(obj: Any, path: PathLike) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(state_dict, metadata)`` from the containers the families use."""
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
-    metadata = {k: v for k, v in obj.items() if k.startswith("__") or k in (METADATA_KEY, "matching_heuristics")}
-    for container in ("model", "state_dict", "blobs"):
-        if isinstance(obj.get(container), dict):
-            return obj[container], metadata
-    return {k: v for k, v in obj.items() if k not in metadata}, metadata
-
-
 def convert_state_dict(
     state_dict: Dict[str, Any],
     source: Optional[str] = None,
@@ -219,10 +289,16 @@ def convert_state_dict(
     arch: Optional[ResNetArch] = None,
     metadata: Optional[Dict[str, Any]] = None,
     path: PathLike = "<state dict>",
+    prefix: Optional[str] = None,
+    timm_model: Optional[str] = None,
 ) -> Tuple[Dict[str, Any], ConversionReport]:
-    """Rename and check ``state_dict``; returns Detectron2-named tensors and the report."""
-    detected = detect_source(state_dict.keys())
-    source = source or detected
+    """Find the trunk in ``state_dict`` (a state dict or a whole checkpoint, wrapped in any way
+    :func:`~.wrappers.unwrap_checkpoint` knows; ``prefix`` picks one of several encoders), rename
+    and check it; returns Detectron2-named tensors and the report."""
+    unwrapped = unwrap_checkpoint(state_dict, path, prefix)
+    metadata = {**unwrapped.metadata, **(metadata or {})}
+    state_dict = unwrapped.state_dict
+    source = source or detect_source(state_dict.keys())
     if source is None:
         raise WeightsError(f"{path}: cannot tell which family these weights come from (first keys: "
                            f"{_abbreviate(sorted(state_dict))}); pass --source, one of {SOURCES}")
@@ -232,8 +308,9 @@ def convert_state_dict(
     except ValueError as e:
         raise WeightsError(f"{path}: {e}") from None
     if unplaced:
-        raise WeightsError(f"{path}: {len(unplaced)} keys have no place in a {source} ResNet: "
-                           + ", ".join(unplaced))
+        where = f" (under {unwrapped.prefix!r})" if unwrapped.prefix else ""
+        raise WeightsError(f"{path}: keys that have no place in a {source} ResNet{where}: "
+                           + summarize_keys(unplaced))
     renamed = to_tensor_state_dict(renamed)
     recorded = (metadata or {}).get(METADATA_KEY, {}).get("convention")
     convention = convention or (InputConvention(**recorded) if recorded else DEFAULT_CONVENTIONS[source])
@@ -242,17 +319,32 @@ def convert_state_dict(
         notes.append("Detectron2 checkpoints do not record their input convention; assumed MSRA's "
                      "(BGR, stride in 1x1). Most model-zoo weights use it; X-101-32x8d uses "
                      "STRIDE_IN_1X1: False and RGB torchvision statistics.")
+    named, named_by = timm_model, "--timm-model"
+    if named is None and recorded_timm_model(unwrapped.recorded_arch):
+        named, named_by = unwrapped.recorded_arch, "the checkpoint's recorded arch"
+    warnings = []
     try:
-        inferred = infer_arch(renamed, convention.stride_in_1x1, **hints)
-    except ConfigError as e:
+        anti_alias = timm_anti_alias(named, named_by) if named else ""
+        inferred = infer_arch(renamed, convention.stride_in_1x1, **hints, anti_alias=anti_alias)
+        if named:
+            check_named_model(inferred, named, named_by)
+            notes.append(f"architecture named by {named_by}: {named}"
+                         + (f" (MODEL.RESNETS.ANTI_ALIAS {anti_alias!r})" if anti_alias else ""))
+        elif arch is None and (twins := anti_aliased_twins(inferred)):
+            warnings.append("anti-aliasing leaves no trace in the weights: these tensors are exactly those of "
+                            f"timm's {', '.join(twins)} too, which anti-alias their downsampling; converted as "
+                            "the plain network. If the weights come from one of those, pass --timm-model NAME")
+    except (ConfigError, ValueError) as e:
         raise WeightsError(f"{path}: {e}") from None
     target = arch or inferred
     try:
         check_against_arch(renamed, target)
     except WeightsError as e:
         raise WeightsError(f"{path}: does not fit the architecture "
-                           f"{dict(target.config_items())}:\n{e}") from None
-    report = ConversionReport(source, target, convention, len(renamed), dropped, notes)
+                           f"{dict(target.weight_config_items())}: {e}") from None
+    report = ConversionReport(source, target, convention, len(renamed), dropped, unwrapped.notes + notes,
+                              prefix=unwrapped.prefix, method=unwrapped.method, left_out=unwrapped.left_out,
+                              warnings=warnings)
     return renamed, report
 
 
@@ -265,6 +357,8 @@ def convert_weights(
     arch: Optional[ResNetArch] = None,
     allow_unsafe_pickle: bool = False,
     ema: bool = False,
+    prefix: Optional[str] = None,
+    timm_model: Optional[str] = None,
 ) -> ConversionReport:
     """Convert the weights in ``input_path`` and write them to ``output_path`` (``.pth`` or ``.pkl``).
 
@@ -286,11 +380,20 @@ def convert_weights(
     if ema:
         raise WeightsError(f"{input_path}: --ema applies to checkpoints of tools/pretrain_imagenet.py, "
                            "which keep an EMA of the weights; this file holds one set of weights")
-    state_dict, metadata = split_checkpoint(obj, input_path)
-    renamed, report = convert_state_dict(state_dict, source, convention=convention, arch=arch,
-                                         metadata=metadata, path=input_path)
+    renamed, report = convert_state_dict(obj, source, convention=convention, arch=arch, path=input_path,
+                                         prefix=prefix, timm_model=timm_model or hub_architecture(input_path))
     save_detectron2_weights(renamed, output_path, report)
     return report
+
+
+def hub_architecture(weights_path: PathLike) -> Optional[str]:
+    """The timm model a hub download names in the ``config.json`` beside its weights, if any."""
+    config = Path(weights_path).with_name("config.json")
+    try:
+        name = json.loads(config.read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded_timm_model(name) if isinstance(name, str) else None
 
 
 def save_detectron2_weights(state_dict: Dict[str, Any], output_path: PathLike, report: ConversionReport) -> None:

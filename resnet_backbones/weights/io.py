@@ -7,6 +7,7 @@ plain containers.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import pickle
@@ -75,7 +76,10 @@ def load_weights_file(path: PathLike, *, allow_unsafe_pickle: bool = False) -> A
         except Exception as e:
             raise WeightsError(f"{path}: not a readable pickle file ({e})") from None
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        # training scripts (DINO, timm's train.py) store their argparse.Namespace beside the weights:
+        # a plain attribute holder, safe to rebuild
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if allow_unsafe_pickle:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

@@ -5,8 +5,9 @@ are this package's names too; every other family is translated here and nowhere 
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 SOURCES = ("torchvision", "timm", "detectron2", "caffe2")
 
@@ -19,7 +20,7 @@ def detect_source(keys: Iterable[str]) -> Optional[str]:
     if any(re.match(r"stages\.[0-3]\.blocks\.\d+\.", k) for k in keys):
         return "timm"  # timm's ResNetV2 (pre-activation)
     if any(re.match(r"layer[1-4]\.\d+\.", k) for k in keys):
-        timm_only = ("conv1.0.weight" in keys
+        timm_only = ("conv1.0.weight" in keys or "maxpool.0.weight" in keys
                      or any(re.search(r"\.(se|downsample\.2)\.", k) or k.endswith("downsample.2.weight")
                             for k in keys))
         return "timm" if timm_only else "torchvision"
@@ -43,12 +44,17 @@ def _torchvision_rules(deep_stem: bool, avg_down: bool) -> List[Tuple[str, str]]
         (r"^conv1\.6\.weight$", "stem.conv3.weight"),
         (r"^conv1\.weight$", "stem.conv1.weight"),
         (rf"^bn1\.{_NORM_SUFFIXES}$", stem_norm + r".\1"),
+        # ResNet-RS (timm): the stem's max pool replaced by a strided conv and norm, still named maxpool
+        (r"^maxpool\.0\.weight$", "stem.pool.weight"),
+        (rf"^maxpool\.1\.{_NORM_SUFFIXES}$", r"stem.pool.norm.\1"),
         (r"^layer([1-4])\.(\d+)\.conv(\d)\.weight$", r"res<\1>.\2.conv\3.weight"),
         (rf"^layer([1-4])\.(\d+)\.bn(\d)\.{_NORM_SUFFIXES}$", r"res<\1>.\2.conv\3.norm.\4"),
         (rf"^layer([1-4])\.(\d+)\.downsample\.{shortcut_conv}\.weight$", r"res<\1>.\2.shortcut.weight"),
         (rf"^layer([1-4])\.(\d+)\.downsample\.{shortcut_norm}\.{_NORM_SUFFIXES}$", r"res<\1>.\2.shortcut.norm.\3"),
         # squeeze-and-excitation (timm): fc1/fc2 are 1x1 convolutions with bias
         (r"^layer([1-4])\.(\d+)\.se\.fc([12])\.(weight|bias)$", r"res<\1>.\2.se.fc\3.\4"),
+        # ECA (timm's EcaModule, also held as the block's "se"): one Conv1d
+        (r"^layer([1-4])\.(\d+)\.se\.conv\.weight$", r"res<\1>.\2.eca.conv.weight"),
     ]
 
 
@@ -90,6 +96,9 @@ def architecture_hints(keys: Iterable[str], source: str) -> Tuple[Dict[str, bool
     keys = list(keys)
     if source != "timm":
         return {}, []
+    for pattern, what in _UNSUPPORTED_TIMM:
+        if any(re.search(pattern, k) for k in keys):
+            raise ValueError(f"{what} is not supported")
     if not _is_resnetv2(keys):
         return {"avg_down": any(".downsample.2." in k for k in keys)}, []
     has_running_stats = any(k.endswith(".running_var") for k in keys)
@@ -102,6 +111,12 @@ def architecture_hints(keys: Iterable[str], source: str) -> Tuple[Dict[str, bool
                                     "(every such timm model uses it: resnetv2_*d)"]
     return {"avg_down": False}, []
 
+
+#: timm layouts this package has no computation for: key pattern -> what it is
+_UNSUPPORTED_TIMM = (
+    (r"\.norm\d\.v$", "timm's EvoNorm (resnetv2_50d_evos: norm layers with a 'v' parameter)"),
+    (r"\.norm\d\.tau$", "timm's FilterResponseNorm (resnetv2_50d_frn: norm layers with a 'tau' parameter)"),
+)
 
 CLASSIFIER_PREFIXES = ("fc.", "linear.", "head.", "classifier.")
 
@@ -163,3 +178,15 @@ def body_key(key: str) -> Optional[str]:
         if key.startswith(prefix) and re.match(r"^(stem\.|res[2-5]\.)", key[len(prefix):]):
             return key[len(prefix):]
     return None
+
+
+def summarize_keys(keys: Sequence[str], limit: int = 5, separator: str = ", ") -> str:
+    """``keys`` for a message: the count, the prefix they share and the first few, never all."""
+    keys = list(keys)
+    if not keys:
+        return "no keys"
+    shared = os.path.commonprefix(keys)
+    shared = shared[: shared.rfind(".") + 1] if len(keys) > 1 else ""
+    head = f"{len(keys)} key{'s' if len(keys) != 1 else ''}" + (f" (all under {shared!r})" if shared else "")
+    shown = separator.join(keys[:limit]) + (f"{separator}... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"{head}: {shown}"
