@@ -8,6 +8,9 @@ overrides), plus:
   which ``DATASETS.TRAIN``/``DATASETS.TEST`` can then name; ``coco_2017_train``/``_val`` point
   at ``$DETECTRON2_DATASETS/coco``, and ``synthetic_shapes_train``/``_val`` at the built-in
   synthetic dataset (generated on first use);
+* ``--dataset NAME=IMAGE_DIR:LABEL_DIR`` registers a semantic-segmentation dataset (image and
+  label PNG pairs); ``synthetic_shapes_sem_seg_train``/``_val`` (and ``synthetic_shapes_panoptic_*``,
+  instances and labels) are the built-in synthetic one;
 * it runs under ``torchrun``, and without CUDA ``--num-gpus N`` runs N CPU processes (gloo).
 """
 from __future__ import annotations
@@ -25,8 +28,10 @@ from detectron2.utils import comm
 
 from ..cli import exits_cleanly
 from ..config import load_config
-from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
-                    register_dataset_specs, register_synthetic_coco)
+from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, SYNTHETIC_PANOPTIC_NAMES, SYNTHETIC_SEM_SEG_NAMES,
+                    ensure_synthetic_coco, ensure_synthetic_sem_seg, register_coco_from_detectron2_datasets,
+                    register_dataset_specs, register_synthetic_coco, register_synthetic_panoptic,
+                    register_synthetic_sem_seg)
 from ..data.datasets import SPEC_SYNTAX, parse_dataset_spec
 from ..weights.checkpoint import BackboneCheckpointer
 from .launch import launch
@@ -39,7 +44,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser = default_argument_parser()
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--dataset", action="append", default=[], metavar=SPEC_SYNTAX,
-                        help="register a COCO-format dataset under NAME (repeatable)")
+                        help="register a COCO-format (or image + label PNG) dataset under NAME (repeatable)")
     return parser
 
 
@@ -50,12 +55,19 @@ def synthetic_root() -> str:
 def register_datasets(cfg, specs: Sequence[str]) -> None:
     """Register every dataset the config can name; run in each process before training."""
     register_coco_from_detectron2_datasets()
-    register_dataset_specs(specs)
-    if set(SYNTHETIC_COCO_NAMES) & set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
+    register_dataset_specs(specs, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+    named = set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    semantic = bool(set(SYNTHETIC_SEM_SEG_NAMES + SYNTHETIC_PANOPTIC_NAMES) & named)
+    if semantic or set(SYNTHETIC_COCO_NAMES) & named:
         if comm.is_main_process():
             ensure_synthetic_coco(synthetic_root(), style=DEMO_STYLE)
+            if semantic:
+                ensure_synthetic_sem_seg(synthetic_root())
         comm.synchronize()
         register_synthetic_coco(synthetic_root())
+        if semantic:
+            register_synthetic_sem_seg(synthetic_root())
+            register_synthetic_panoptic(synthetic_root())
 
 
 def setup(args: argparse.Namespace):

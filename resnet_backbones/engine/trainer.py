@@ -6,8 +6,9 @@
 * The model is wrapped for several processes by :func:`wrap_distributed` (CPU and GPU).
 * Checkpoints go through :class:`BackboneCheckpointer`: written atomically, read safely,
   strict about the backbone.
-* Evaluation uses :class:`FastCOCOEvaluator`, and :class:`BestCheckpointer` keeps the
-  checkpoint with the best ``TEST.BEST_METRIC``, remembering it across ``--resume``.
+* Evaluation uses :class:`FastCOCOEvaluator` (and mIoU for segmentation models, see
+  ``segmentation.py``), and :class:`BestCheckpointer` keeps the checkpoint with the best
+  ``TEST.BEST_METRIC``, remembering it across ``--resume``.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
+from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
 from detectron2.engine.train_loop import HookBase, TrainerBase
 from detectron2.solver import build_optimizer as detectron2_build_optimizer
@@ -30,6 +32,8 @@ from detectron2.utils.logger import setup_logger
 from ..evaluation import FastCOCOEvaluator
 from ..weights.checkpoint import BackboneCheckpointer
 from .launch import wrap_distributed
+from .segmentation import (SEGMENTATION_ARCHITECTURES, build_lr_scheduler, build_segmentation_evaluator,
+                           is_semantic_segmentor, sem_seg_train_augmentations)
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +250,25 @@ class Trainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)  # Detectron2's, and DeepLab's WarmupPolyLR
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if is_semantic_segmentor(cfg):
+            mapper = DatasetMapper(cfg, is_train=True, augmentations=sem_seg_train_augmentations(cfg))
+            return build_detection_train_loader(cfg, mapper=mapper)
+        return super().build_train_loader(cfg)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if is_semantic_segmentor(cfg):
+            return build_segmentation_evaluator(cfg, dataset_name, output_folder)
         # The tasks come from the model, not from its predictions (Detectron2's default): a mask
         # model that detects nothing yet still gets its segm AP of 0, and its curves stay whole.
         tasks = ["bbox"] + ["segm"] * cfg.MODEL.MASK_ON + ["keypoints"] * cfg.MODEL.KEYPOINT_ON
-        return FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+        coco = FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+        if cfg.MODEL.META_ARCHITECTURE in SEGMENTATION_ARCHITECTURES:  # Panoptic FPN: and its semantic branch
+            return build_segmentation_evaluator(cfg, dataset_name, output_folder, coco_evaluator=coco)
+        return coco
