@@ -57,6 +57,7 @@ NEW_KEYS.update({
     "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS": 256,
     "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS": [],
     "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT": 0.1,
+    "MODEL.SEM_SEG_HEAD.ASPP_POOL_OVER_CROP": True,  # image pooling over crop-sized windows (else global)
     "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV": False,
     "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0,  # re-draw crops where one class covers more
     "SOLVER.POLY_LR_POWER": 0.9,  # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR"

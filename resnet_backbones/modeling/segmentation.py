@@ -11,6 +11,11 @@ they name, ours included (``build_resnet_family_backbone`` with ``OUTPUT_STRIDE`
   from coarse to fine, projects each finer feature (res2 in the paper: 1x1 to 48 channels),
   concatenates it with the upsampled coarser output and fuses them with two 3x3 convolutions.
 
+With ``INPUT.CROP`` the image pooling averages windows of the crop's size (the project's and
+TensorFlow DeepLab's choice: global in training, the same window at test time, which then needs
+test features that are a multiple of it); ``ASPP_POOL_OVER_CROP: False`` pools globally instead,
+for test images of any shape (ADE20K).
+
 Differences from the project, each so that a config cannot silently mean something else:
 ``ASPP_DILATIONS: []`` (the default here) follows the ASPP input's stride (6/12/18 at 16,
 12/24/36 at 8, as the DeepLab v3 paper doubles them at output stride 8); ``COMMON_STRIDE`` must
@@ -159,7 +164,7 @@ class _DeepLabHead(nn.Module):
             raise _bad("MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", list(head.ASPP_DILATIONS),
                        "[] (follow the feature's stride) or three positive integers")
         pool_kernel_size = None
-        if cfg.INPUT.CROP.ENABLED:
+        if cfg.INPUT.CROP.ENABLED and head.ASPP_POOL_OVER_CROP:
             # Pool over the whole training crop, and over windows of that size at test time
             if cfg.INPUT.CROP.TYPE != "absolute":
                 raise ConfigError(f"INPUT.CROP.TYPE = {cfg.INPUT.CROP.TYPE!r} cannot be combined with a DeepLab "
