@@ -23,7 +23,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
-from .sem_seg import DEFAULT_IGNORE_LABEL, SemSegDatasetSpec, parse_sem_seg_spec, register_sem_seg
+from .sem_seg import DEFAULT_IGNORE_LABEL, SemSegDatasetSpec, is_sem_seg_spec, parse_sem_seg_spec, register_sem_seg
 from .synthetic_coco import CATEGORIES, SYNTHETIC_COCO_SPLITS, coco_split_paths
 
 __all__ = [
@@ -156,7 +156,7 @@ def parse_dataset_spec(spec: str) -> Union[DatasetSpec, SemSegDatasetSpec]:
     letters, digits, ``_``, ``-`` and ``.``. Raises ``ValueError`` naming the offending part.
     """
     match = _SPEC_PATTERN.fullmatch(spec.strip())
-    if match is None and ".json:" not in spec.lower():
+    if match is None and ".json" not in spec.lower() and is_sem_seg_spec(spec):
         return parse_sem_seg_spec(spec)
     if match is None:
         raise ValueError(

@@ -41,6 +41,7 @@ __all__ = [
     "SemSegDatasetSpec",
     "ensure_synthetic_sem_seg",
     "load_sem_seg_pairs",
+    "is_sem_seg_spec",
     "parse_sem_seg_spec",
     "register_sem_seg",
     "register_synthetic_panoptic",
@@ -140,6 +141,11 @@ class SemSegDatasetSpec:
 
 # A colon separates the folders; one right after a single drive letter ("C:\...") does not.
 _SEM_SEG_SPEC = re.compile(r"(?P<name>[A-Za-z0-9_.\-]+)=(?P<images>(?:[A-Za-z]:)?[^:]+):(?P<labels>(?:[A-Za-z]:)?[^:]+)")
+
+
+def is_sem_seg_spec(spec: str) -> bool:
+    """Whether ``spec`` has the form ``NAME=IMAGE_DIR:LABEL_DIR`` (the folders unchecked)."""
+    return _SEM_SEG_SPEC.fullmatch(spec.strip()) is not None
 
 
 def parse_sem_seg_spec(spec: str) -> SemSegDatasetSpec:
