@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 import detectron2.data.transforms as T
 from detectron2.data import MetadataCatalog

@@ -22,7 +22,6 @@ from collections import OrderedDict
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-import torch
 from detectron2.evaluation import SemSegEvaluator as Detectron2SemSegEvaluator
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from PIL import Image
