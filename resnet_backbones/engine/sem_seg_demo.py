@@ -76,8 +76,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config-file", default=str(SEM_SEG_DEMO_CONFIG))
     parser.add_argument("--data-root", default=None, help=f"default: {synthetic_root()}")
     parser.add_argument("--no-pretrain", action="store_true", help="start from MODEL.WEIGHTS (default: random)")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="PRETRAIN.EPOCHS (default: the config's)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    pretrain_overrides = [] if args.pretrain_epochs is None else ["PRETRAIN.EPOCHS", str(args.pretrain_epochs)]
     run_sem_seg_demo(args.output_dir, args.config_file, args.data_root, args.opts,
-                     pretrain_config=None if args.no_pretrain else str(PRETRAIN_CONFIG))
+                     pretrain_config=None if args.no_pretrain else str(PRETRAIN_CONFIG),
+                     pretrain_overrides=pretrain_overrides)
     return 0
