@@ -355,16 +355,18 @@ def test_train_net_trains_deeplab_and_keeps_the_best_miou(tmp_path, tiny_semanti
     assert (out / "inference" / "tiny_sem_val" / "sem_seg_evaluation.json").is_file()
 
 
-def test_train_net_rejects_a_class_count_the_dataset_does_not_have(tmp_path, tiny_semantic, capsys):
+def test_evaluation_rejects_a_class_count_the_dataset_does_not_have(tiny_semantic):
     # the built-in names carry their 6 class names; a head with 4 classes would be scored wrong
-    specs = sem_seg_specs(tiny_semantic)
+    from resnet_backbones.engine.segmentation import build_segmentation_evaluator
+
     register_sem_seg("tiny_named_val", coco_split_paths(tiny_semantic, "val")[1],
                      sem_seg_label_dir(tiny_semantic, "val"), SYNTHETIC_STUFF_CLASSES)
-    code = main(["--config-file", str(DEMO_CONFIG), *specs, "--eval-only",
-                 *small_sem_seg_run(tmp_path / "eval", 1, "DATASETS.TEST", "('tiny_named_val',)",
-                                    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4")])
-    assert code == 2
-    assert "error: MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4 but dataset 'tiny_named_val' has 6 classes" in capsys.readouterr().err
+    cfg = load_config(str(DEMO_CONFIG), ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4"])
+    with pytest.raises(ValueError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4 but dataset 'tiny_named_val' has 6"):
+        build_segmentation_evaluator(cfg, "tiny_named_val", "")
+    cfg = load_config(str(DEMO_CONFIG), ["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "0"])
+    with pytest.raises(ValueError, match="IGNORE_VALUE = 0 but dataset 'tiny_named_val' marks ignored pixels 255"):
+        build_segmentation_evaluator(cfg, "tiny_named_val", "")
 
 
 # ---- configs --------------------------------------------------------------------------------------
