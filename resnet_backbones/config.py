@@ -51,6 +51,25 @@ NEW_KEYS.update({
 })
 
 
+#: Semantic segmentation (README "Semantic segmentation"): the keys of Detectron2's DeepLab project,
+#: read by the DeepLab heads (modeling/segmentation.py) and the training loop; Detectron2's own
+#: ``MODEL.SEM_SEG_HEAD.*`` and ``INPUT.CROP.*`` keep their meaning. ``ASPP_DILATIONS: []`` follows
+#: the ASPP input's stride (6/12/18 at 16, 12/24/36 at 8).
+NEW_KEYS.update({
+    "MODEL.SEM_SEG_HEAD.LOSS_TYPE": "hard_pixel_mining",  # or "cross_entropy"
+    "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES": ["res2"],  # v3+ decoder inputs besides the ASPP's
+    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS": [48],  # their 1x1 projection widths
+    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS": 256,
+    "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS": [],
+    "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT": 0.1,
+    "MODEL.SEM_SEG_HEAD.ASPP_POOL_OVER_CROP": True,  # image pooling over crop-sized windows (else global)
+    "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV": False,
+    "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0,  # re-draw crops where one class covers more
+    "SOLVER.POLY_LR_POWER": 0.9,  # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR"
+    "SOLVER.POLY_LR_CONSTANT_ENDING": 0.0,
+})
+
+
 def add_resnet_backbones_config(cfg: CN) -> CN:
     """Add every key of this package to ``cfg`` (in place) with its default; returns ``cfg``."""
     for key, default in NEW_KEYS.items():

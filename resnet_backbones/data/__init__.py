@@ -1,4 +1,4 @@
-"""Datasets: synthetic data generators and COCO-format dataset registration for Detectron2."""
+"""Datasets: synthetic data generators, COCO-format and semantic-segmentation dataset registration."""
 
 from .datasets import (
     COCO_2017_SPLITS,
@@ -9,6 +9,17 @@ from .datasets import (
     register_coco_json,
     register_dataset_specs,
     register_synthetic_coco,
+)
+from .sem_seg import (
+    SYNTHETIC_PANOPTIC_NAMES,
+    SYNTHETIC_SEM_SEG_NAMES,
+    SYNTHETIC_STUFF_CLASSES,
+    SemSegDatasetSpec,
+    ensure_synthetic_sem_seg,
+    load_sem_seg_pairs,
+    register_sem_seg,
+    register_synthetic_panoptic,
+    register_synthetic_sem_seg,
 )
 from .object_crops import ensure_object_crops, write_object_crops
 from .synthetic_coco import (
@@ -40,6 +51,15 @@ __all__ = [
     "IMAGEFOLDER_CLASSES",
     "SYNTHETIC_COCO_NAMES",
     "SYNTHETIC_COCO_SPLITS",
+    "SYNTHETIC_PANOPTIC_NAMES",
+    "SYNTHETIC_SEM_SEG_NAMES",
+    "SYNTHETIC_STUFF_CLASSES",
+    "SemSegDatasetSpec",
+    "ensure_synthetic_sem_seg",
+    "load_sem_seg_pairs",
+    "register_sem_seg",
+    "register_synthetic_panoptic",
+    "register_synthetic_sem_seg",
     "CorruptionKind",
     "DatasetSpec",
     "Scene",

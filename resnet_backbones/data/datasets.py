@@ -2,7 +2,8 @@
 
 Three sources: the synthetic shapes dataset, COCO 2017 in its standard layout under
 ``$DETECTRON2_DATASETS/coco``, and any COCO json plus image folder named on the command line as
-``NAME=ANNOTATIONS.json:IMAGE_DIR`` (see :func:`parse_dataset_spec`).
+``NAME=ANNOTATIONS.json:IMAGE_DIR`` (see :func:`parse_dataset_spec`), or, for semantic
+segmentation, an image folder and a label folder as ``NAME=IMAGE_DIR:LABEL_DIR`` (``sem_seg.py``).
 
 Registering a name twice with the same files is a no-op, so callers need not track what is
 registered; registering a taken name with other files is an error rather than a silent swap.
@@ -22,6 +23,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
+from .sem_seg import DEFAULT_IGNORE_LABEL, SemSegDatasetSpec, is_sem_seg_spec, parse_sem_seg_spec, register_sem_seg
 from .synthetic_coco import CATEGORIES, SYNTHETIC_COCO_SPLITS, coco_split_paths
 
 __all__ = [
@@ -180,16 +182,19 @@ class DatasetSpec:
 _SPEC_PATTERN = re.compile(
     r"(?P<name>[A-Za-z0-9_.\-]+)=(?P<json>.+?\.json):(?P<images>.+)", re.IGNORECASE
 )
-SPEC_SYNTAX = "NAME=ANNOTATIONS.json:IMAGE_DIR"
+SPEC_SYNTAX = "NAME=ANNOTATIONS.json:IMAGE_DIR or NAME=IMAGE_DIR:LABEL_DIR"
 
 
-def parse_dataset_spec(spec: str) -> DatasetSpec:
-    """Parse ``NAME=ANNOTATIONS.json:IMAGE_DIR`` and check that both paths exist.
+def parse_dataset_spec(spec: str) -> Union[DatasetSpec, SemSegDatasetSpec]:
+    """Parse ``NAME=ANNOTATIONS.json:IMAGE_DIR`` (COCO) or ``NAME=IMAGE_DIR:LABEL_DIR`` (semantic
+    segmentation: image and label PNG folders) and check that both paths exist.
 
     For example ``mydata_train=data/ann/train.json:data/images/train``. ``NAME`` may hold
     letters, digits, ``_``, ``-`` and ``.``. Raises ``ValueError`` naming the offending part.
     """
     match = _SPEC_PATTERN.fullmatch(spec.strip())
+    if match is None and ".json" not in spec.lower() and is_sem_seg_spec(spec):
+        return parse_sem_seg_spec(spec)
     if match is None:
         raise ValueError(
             f"dataset spec {spec!r} is not {SPEC_SYNTAX} "
@@ -207,10 +212,18 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
     return DatasetSpec(name, json_file, image_root)
 
 
-def register_dataset_specs(specs: Iterable[Union[str, DatasetSpec]]) -> list[str]:
-    """Parse (where needed) and register each spec; return the dataset names in order."""
+def register_dataset_specs(specs: Iterable[Union[str, DatasetSpec, SemSegDatasetSpec]],
+                           ignore_label: int = DEFAULT_IGNORE_LABEL) -> list[str]:
+    """Parse (where needed) and register each spec; return the dataset names in order.
+
+    ``ignore_label`` is the label value of semantic-segmentation specs' pixels that count nowhere.
+    """
     names = []
     for spec in specs:
         parsed = parse_dataset_spec(spec) if isinstance(spec, str) else spec
-        names.append(register_coco_json(parsed.name, parsed.json_file, parsed.image_root))
+        if isinstance(parsed, SemSegDatasetSpec):
+            names.append(register_sem_seg(parsed.name, parsed.image_root, parsed.label_root,
+                                          ignore_label=ignore_label))
+        else:
+            names.append(register_coco_json(parsed.name, parsed.json_file, parsed.image_root))
     return names

@@ -11,6 +11,9 @@ overrides), plus:
   which ``DATASETS.TRAIN``/``DATASETS.TEST`` can then name; ``coco_2017_train``/``_val`` point
   at ``$DETECTRON2_DATASETS/coco``, and ``synthetic_shapes_train``/``_val`` at the built-in
   synthetic dataset (generated on first use);
+* ``--dataset NAME=IMAGE_DIR:LABEL_DIR`` registers a semantic-segmentation dataset (image and
+  label PNG pairs); ``synthetic_shapes_sem_seg_train``/``_val`` (and ``synthetic_shapes_panoptic_*``,
+  instances and labels) are the built-in synthetic one;
 * it runs under ``torchrun``, and without CUDA ``--num-gpus N`` runs N CPU processes (gloo);
 * each ``--dataset`` is checked (:mod:`resnet_backbones.data.checks`) before anything trains:
   what would fail or train wrongly stops the run with one ``error:`` line and the full report in
@@ -36,8 +39,10 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from ..cli import DEBUG_VARIABLE, USER_ERRORS, exits_cleanly, show_tracebacks
-from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, ensure_synthetic_coco, register_coco_from_detectron2_datasets,
-                    register_dataset_specs, register_synthetic_coco)
+from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, SYNTHETIC_PANOPTIC_NAMES, SYNTHETIC_SEM_SEG_NAMES,
+                    ensure_synthetic_coco, ensure_synthetic_sem_seg, register_coco_from_detectron2_datasets,
+                    register_dataset_specs, register_synthetic_coco, register_synthetic_panoptic,
+                    register_synthetic_sem_seg)
 from ..data.checks import WARNING, check_coco_dataset
 from ..data.datasets import SPEC_SYNTAX, DatasetSpec, parse_dataset_spec
 from ..fileio import atomic_output
@@ -53,7 +58,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser = default_argument_parser()
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--dataset", action="append", default=[], metavar=SPEC_SYNTAX,
-                        help="register a COCO-format dataset under NAME (repeatable)")
+                        help="register a COCO-format (or image + label PNG) dataset under NAME (repeatable)")
     parser.add_argument("--skip-data-check", action="store_true",
                         help="do not check the --dataset jsons and images before training")
     parser.add_argument("--debug", action="store_true",
@@ -84,6 +89,8 @@ def check_datasets(specs: Sequence[DatasetSpec], output_dir: str, num_classes_ke
     report's path; what Detectron2 tolerates is one ``warning:`` line per dataset.
     """
     for spec in specs:
+        if not isinstance(spec, DatasetSpec):  # image + label folders: paired when parsed
+            continue
         report = check_coco_dataset(spec.json_file, spec.image_root, num_classes=num_classes,
                                     num_classes_key=num_classes_key)
         path = os.path.join(output_dir, f"dataset_check_{spec.name}.txt")
@@ -105,12 +112,19 @@ def synthetic_root() -> str:
 def register_datasets(cfg, specs: Sequence[str]) -> None:
     """Register every dataset the config can name; run in each process before training."""
     register_coco_from_detectron2_datasets()
-    register_dataset_specs(specs)
-    if set(SYNTHETIC_COCO_NAMES) & set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
+    register_dataset_specs(specs, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+    named = set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    semantic = bool(set(SYNTHETIC_SEM_SEG_NAMES + SYNTHETIC_PANOPTIC_NAMES) & named)
+    if semantic or set(SYNTHETIC_COCO_NAMES) & named:
         if comm.is_main_process():
             ensure_synthetic_coco(synthetic_root(), style=DEMO_STYLE)
+            if semantic:
+                ensure_synthetic_sem_seg(synthetic_root())
         comm.synchronize()
         register_synthetic_coco(synthetic_root())
+        if semantic:
+            register_synthetic_sem_seg(synthetic_root())
+            register_synthetic_panoptic(synthetic_root())
 
 
 def setup(args: argparse.Namespace):

@@ -6,8 +6,9 @@
 * The model is wrapped for several processes by :func:`wrap_distributed` (CPU and GPU).
 * Checkpoints go through :class:`BackboneCheckpointer`: written atomically, read safely,
   strict about the backbone.
-* Evaluation uses :class:`FastCOCOEvaluator`, and :class:`BestCheckpointer` keeps the
-  checkpoint with the best ``TEST.BEST_METRIC``, remembering it across ``--resume``.
+* Evaluation uses :class:`FastCOCOEvaluator` (and mIoU for segmentation models, see
+  ``segmentation.py``), and :class:`BestCheckpointer` keeps the checkpoint with the best
+  ``TEST.BEST_METRIC``, remembering it across ``--resume``.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from ..data.datasets import FileNamingDatasetMapper
 from ..evaluation import FastCOCOEvaluator
 from ..weights.checkpoint import BackboneCheckpointer
 from .launch import wrap_distributed
+from .segmentation import (SEGMENTATION_ARCHITECTURES, build_lr_scheduler, build_segmentation_evaluator,
+                           is_semantic_segmentor, sem_seg_train_augmentations)
 
 logger = logging.getLogger(__name__)
 
@@ -252,16 +255,29 @@ class Trainer(DefaultTrainer):
     # errors reading an image name the file, in the training process and in data-loader workers
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
+        if is_semantic_segmentor(cfg):
+            mapper = FileNamingDatasetMapper(cfg, True, augmentations=sem_seg_train_augmentations(cfg))
+        else:
+            mapper = FileNamingDatasetMapper(cfg, True)
+        return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, False))
 
     @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)  # Detectron2's, and DeepLab's WarmupPolyLR
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if is_semantic_segmentor(cfg):
+            return build_segmentation_evaluator(cfg, dataset_name, output_folder)
         # The tasks come from the model, not from its predictions (Detectron2's default): a mask
         # model that detects nothing yet still gets its segm AP of 0, and its curves stay whole.
         tasks = ["bbox"] + ["segm"] * cfg.MODEL.MASK_ON + ["keypoints"] * cfg.MODEL.KEYPOINT_ON
-        return FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+        coco = FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+        if cfg.MODEL.META_ARCHITECTURE in SEGMENTATION_ARCHITECTURES:  # Panoptic FPN: and its semantic branch
+            return build_segmentation_evaluator(cfg, dataset_name, output_folder, coco_evaluator=coco)
+        return coco

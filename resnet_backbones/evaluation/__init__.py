@@ -5,6 +5,8 @@
 - :class:`FastCOCOEvaluator`: Detectron2 ``COCOEvaluator`` for training-time evaluation.
 - :func:`run_coco_eval`: the summarized COCOeval itself, from faster-coco-eval (the default when
   installed) or pycocotools, which give the same numbers.
+- :class:`SemSegEvaluator`: Detectron2's semantic-segmentation evaluator (mIoU, fwIoU, pixel
+  accuracy, per-class IoU) on NumPy 2 (``sem_seg.py``).
 """
 
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "COCOEvaluationInputError",
     "EmptyResultsWarning",
     "FastCOCOEvaluator",
+    "SemSegEvaluator",
     "SummaryMetric",
     "available_backends",
     "default_backend",
@@ -54,4 +57,8 @@ def __getattr__(name: str) -> Any:
         from .detectron2_evaluator import FastCOCOEvaluator
 
         return FastCOCOEvaluator
+    if name == "SemSegEvaluator":
+        from .sem_seg import SemSegEvaluator
+
+        return SemSegEvaluator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
