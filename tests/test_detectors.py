@@ -91,7 +91,7 @@ def test_model_zoo_config_matches_its_name_and_builds(config):
     """Names follow Detectron2's model zoo: detector, depth/width, neck, schedule."""
     cfg = load_config(str(ROOT / "configs" / config))
     name = Path(config).stem
-    schedule = {"1x": 90000, "3x": 270000}[next(s for s in ("1x", "3x") if f"_{s}" in name)]
+    schedule = {"1x": 90000, "2x": 180000, "3x": 270000}[next(s for s in ("1x", "2x", "3x") if f"_{s}" in name)]
     assert cfg.SOLVER.MAX_ITER == schedule and cfg.SOLVER.IMS_PER_BATCH == 16
     assert cfg.MODEL.MASK_ON == name.startswith("mask_rcnn")
     assert cfg.MODEL.META_ARCHITECTURE == ("RetinaNet" if name.startswith("retinanet") else "GeneralizedRCNN")
