@@ -6,6 +6,7 @@ import torch
 
 import resnet_backbones  # noqa: F401  (registers the builders, installs the detectron2 stand-ins)
 from detectron2.utils.logger import setup_logger
+from resnet_backbones.data import coco_split_paths, ensure_synthetic_coco
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
@@ -45,3 +46,16 @@ def fresh_logging():
     reset()
     yield
     reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> list:
+    """``--dataset`` arguments for 8 train and 4 val images of 128 px (one set per session: the
+    names can be registered once per process)."""
+    root = tmp_path_factory.mktemp("tiny_shapes")
+    ensure_synthetic_coco(root, num_train=8, num_val=4, image_size=128)
+    specs = []
+    for split in ("train", "val"):
+        json_file, images = coco_split_paths(root, split)
+        specs += ["--dataset", f"tiny_shapes_{split}={json_file}:{images}"]
+    return specs

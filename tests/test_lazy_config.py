@@ -19,7 +19,7 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
-from test_training import DEMO_CONFIG, TOOL, checkpoint, tiny_shapes  # noqa: F401  (tiny_shapes: a fixture)
+from test_training import DEMO_CONFIG, TOOL, checkpoint
 
 from resnet_backbones.config import add_resnet_backbones_config
 from resnet_backbones.engine import amp_dtype

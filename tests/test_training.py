@@ -23,18 +23,6 @@ DEMO_CONFIG = REPO / "configs" / "Demo" / "mask_rcnn_R_18_FPN_synthetic.yaml"
 TOOL = REPO / "tools" / "train_net.py"
 
 
-@pytest.fixture(scope="module")
-def tiny_shapes(tmp_path_factory) -> list:
-    """``--dataset`` arguments for 8 train and 4 val images of 128 px."""
-    root = tmp_path_factory.mktemp("tiny_shapes")
-    ensure_synthetic_coco(root, num_train=8, num_val=4, image_size=128)
-    specs = []
-    for split in ("train", "val"):
-        json_file, images = coco_split_paths(root, split)
-        specs += ["--dataset", f"tiny_shapes_{split}={json_file}:{images}"]
-    return specs
-
-
 def small_run(output_dir: Path, max_iter: int, *extra: str) -> list:
     """Overrides that make the demo config a seconds-long run on the tiny dataset."""
     return ["OUTPUT_DIR", str(output_dir), "DATASETS.TRAIN", "('tiny_shapes_train',)",

@@ -66,18 +66,23 @@ def _registered_paths(name: str) -> Optional[tuple[str, str]]:
 
 
 def register_coco_json(
-    name: str, json_file: PathLike, image_root: PathLike, metadata: Optional[dict[str, Any]] = None
+    name: str, json_file: PathLike, image_root: PathLike, metadata: Optional[dict[str, Any]] = None,
+    *, replace: bool = False,
 ) -> str:
     """Register a COCO instances json and its image folder as dataset ``name``; return ``name``.
 
     A no-op if ``name`` is already registered with the same files; a ``ValueError`` if it is
-    registered with other files. The files are read when the dataset is first loaded.
+    registered with other files, unless ``replace`` (a built-in name whose root moved, e.g. with
+    ``DETECTRON2_DATASETS``). The files are read when the dataset is first loaded.
     """
     wanted = (_absolute(json_file), _absolute(image_root))
     registered = _registered_paths(name)
     if registered == wanted:
         return name
-    if registered is not None:
+    if registered is not None and replace:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    elif registered is not None:
         taken_by = (
             f"json {registered[0]} and images {registered[1]}"
             if registered[0]
@@ -139,7 +144,7 @@ def register_synthetic_coco(
     metadata = {"thing_classes": [category["name"] for category in CATEGORIES]}
     for name, split_name in zip(names, SYNTHETIC_COCO_SPLITS):
         json_file, image_root = coco_split_paths(root, split_name)
-        register_coco_json(name, json_file, image_root, metadata)
+        register_coco_json(name, json_file, image_root, metadata, replace=True)
     return list(names)
 
 
