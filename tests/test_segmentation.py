@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pycocotools.coco import COCO
 
 import resnet_backbones  # noqa: F401  (before detectron2: installs the stand-ins)
@@ -353,6 +354,59 @@ def test_train_net_trains_deeplab_and_keeps_the_best_miou(tmp_path, tiny_semanti
     first, last = evaluations
     assert best["iteration"] == (4 if last["sem_seg/mIoU"] > first["sem_seg/mIoU"] else 1)
     assert (out / "inference" / "tiny_sem_val" / "sem_seg_evaluation.json").is_file()
+
+
+def copy_semantic_split(root: Path, split: str, target: Path) -> tuple:
+    import shutil
+
+    images, labels = target / "images", target / "labels"
+    shutil.copytree(coco_split_paths(root, split)[1], images)
+    shutil.copytree(sem_seg_label_dir(root, split), labels)
+    return images, labels
+
+
+def test_labels_outside_the_classes_stop_training_before_it_starts(tmp_path, tiny_semantic, capsys):
+    # a value 9 with 6 classes would fail the loss mid-training (or, below 255, train a class the
+    # head does not have); a label of another size would be cropped against the wrong image
+    from resnet_backbones.data.checks import main as check_dataset
+
+    images, labels = copy_semantic_split(tiny_semantic, "train", tmp_path / "bad")
+    first, second, third = sorted(labels.glob("*.png"))[:3]
+    label = np.array(Image.open(first))
+    label[:2, :2] = 9
+    Image.fromarray(label).save(first)
+    Image.fromarray(np.zeros((5, 7), np.uint8)).save(second)
+    Image.fromarray(np.zeros((*label.shape, 3), np.uint8)).save(third)
+    out = tmp_path / "run"
+    code = main(["--config-file", str(DEMO_CONFIG), "--dataset", f"bad_sem_train={images}:{labels}",
+                 *small_sem_seg_run(out, 2, "DATASETS.TRAIN", "('bad_sem_train',)", "DATASETS.TEST", "()")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: dataset 'bad_sem_train' ({labels}): {first}: has values 9: "
+                             "MODEL.SEM_SEG_HEAD.NUM_CLASSES is 6 (classes 0..5) and the ignore label 255 "
+                             "(3 errors in all: "), err
+    report = (out / "dataset_check_bad_sem_train.txt").read_text()
+    assert f"error: {second}: is 7x5, its image 128x128" in report
+    assert f"error: {third}: PNG mode RGB (3 channels)" in report
+    assert not (out / "model_final.pth").exists()
+
+    assert check_dataset(["--sem-seg", str(images), str(labels), "--num-classes", "10"]) == 2
+    assert "label_out_of_range" not in capsys.readouterr().out
+    assert check_dataset(["--sem-seg", str(images), str(labels), "--num-classes", "6"]) == 2
+    assert "labels with values that are neither a class nor the ignore label: 1" in capsys.readouterr().out
+
+
+def test_a_clean_semantic_split_passes_the_check_and_counts_each_class(tiny_semantic):
+    from resnet_backbones.data.checks import check_sem_seg_dataset
+
+    report = check_sem_seg_dataset(coco_split_paths(tiny_semantic, "val")[1], sem_seg_label_dir(tiny_semantic, "val"),
+                                   num_classes=6)
+    assert not report.errors and report.num_images == 4
+    counts = dict((cid, n) for cid, _, n in report.category_counts)
+    expected = np.zeros(6, int)
+    for path in sem_seg_label_dir(tiny_semantic, "val").glob("*.png"):
+        expected[np.unique(np.array(Image.open(path)))] += 1
+    assert [counts[c] for c in range(6)] == expected.tolist()
 
 
 def test_evaluation_rejects_a_class_count_the_dataset_does_not_have(tiny_semantic):

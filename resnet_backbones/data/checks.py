@@ -18,6 +18,9 @@ clipped box is resolved: repaired where the repair is unambiguous (sizes from th
 boxes clipped to the image, duplicate annotation ids renumbered), otherwise the annotation or
 image is removed and listed as not fixed. :func:`check_imagenet_folder` checks the pretraining
 layout (through :func:`resnet_backbones.pretrain.data.scan_imagenet_layout`) and its images.
+:func:`check_sem_seg_dataset` checks Detectron2's semantic layout (image + label PNG pairs): every
+label a single-channel class map of its image's size whose values are classes or the ignore label
+(any other value fails the loss mid-training, or is trained as a class the head does not have).
 """
 from __future__ import annotations
 
@@ -39,8 +42,8 @@ from PIL import Image, UnidentifiedImageError
 from ..cli import exits_cleanly
 from ..fileio import write_json_atomic
 
-__all__ = ["DatasetReport", "Problem", "check_coco_dataset", "check_imagenet_folder", "fix_coco_dataset",
-           "load_coco_json_file", "main"]
+__all__ = ["DatasetReport", "Problem", "check_coco_dataset", "check_imagenet_folder", "check_sem_seg_dataset",
+           "fix_coco_dataset", "load_coco_json_file", "main"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -74,6 +77,12 @@ KINDS: Dict[str, Tuple[str, str]] = {
     "image_without_annotations": (WARNING, "images without annotations (skipped in training)"),
     "unused_category": (WARNING, "categories without annotations"),
     "crowd": (NOTE, "crowd regions (ignored in training)"),
+    # semantic-segmentation labels
+    "unpaired_file": (ERROR, "images without a label or labels without an image"),
+    "bad_label_mode": (ERROR, "labels that are not one class index per pixel"),
+    "label_size_mismatch": (ERROR, "labels of another size than their image"),
+    "label_out_of_range": (ERROR, "labels with values that are neither a class nor the ignore label"),
+    "unused_class": (WARNING, "classes no label has"),
 }
 
 #: Detectron2's EXIF orientations (detection_utils._apply_exif_orientation); 5-8 swap width and height.
@@ -565,6 +574,79 @@ def check_imagenet_folder(root: PathLike, *, decode: bool = False, workers: int 
                          counted="training images")
 
 
+# ------------------------------------------------------------------------ semantic labels
+#: PIL modes that hold one class index per pixel (P: a palette PNG, whose indices are the classes)
+LABEL_MODES = ("L", "P", "I;16", "I")
+
+
+def _label_classes(label_path: str, image_size: Optional[Tuple[int, int]]) -> Tuple[Optional[np.ndarray], str, str]:
+    """(the label's distinct values, failure kind, reason); values None when it cannot be used."""
+    try:
+        with Image.open(label_path) as label:
+            if label.mode not in LABEL_MODES:
+                return None, "bad_label_mode", (f"PNG mode {label.mode} ({len(label.getbands())} channels); a label "
+                                                "holds one class index per pixel (mode L or P)")
+            if image_size is not None and label.size != image_size:
+                return None, "label_size_mismatch", (f"is {label.size[0]}x{label.size[1]}, its image "
+                                                     f"{image_size[0]}x{image_size[1]}")
+            return np.unique(np.asarray(label)), "", ""
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... by format
+        return None, "undecodable_image", f"cannot decode it ({type(e).__name__}: {e})"
+
+
+def check_sem_seg_dataset(image_root: PathLike, label_root: PathLike, *, num_classes: Optional[int] = None,
+                          ignore_label: int = 255, num_classes_key: str = "NUM_CLASSES",
+                          workers: int = 8) -> DatasetReport:
+    """Every problem of an image folder and its label PNGs (Detectron2's ``sem_seg`` layout).
+
+    The labels are decoded (their values are what is checked); the images' headers are read.
+    With ``num_classes`` (the model's ``num_classes_key``), a value that is neither below it nor
+    ``ignore_label`` is an error; the report counts the labels that hold each class.
+    """
+    from .sem_seg import load_sem_seg_pairs  # one home of the pairing rules
+
+    problems: List[Problem] = []
+    try:
+        pairs = load_sem_seg_pairs(image_root, label_root)
+    except ValueError as e:
+        return DatasetReport(source=os.fspath(label_root), image_root=os.fspath(image_root),
+                             problems=[Problem("unpaired_file", os.fspath(label_root), str(e))], counted="labels")
+    headers = read_image_headers([pair["file_name"] for pair in pairs], workers=workers)
+    for pair, header in zip(pairs, headers):
+        if header.failure:
+            problems.append(Problem(header.failure, pair["file_name"], header.reason))
+
+    def examine(item):
+        pair, header = item
+        return _label_classes(pair["sem_seg_file_name"], header.displayed_size)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # PNG decoding releases the GIL
+        found = list(pool.map(examine, zip(pairs, headers)))
+    labels_with: collections.Counter = collections.Counter()
+    for pair, (values, failure, reason) in zip(pairs, found):
+        where = pair["sem_seg_file_name"]
+        if values is None:
+            problems.append(Problem(failure, where, reason))
+            continue
+        classes = [int(v) for v in values if int(v) != ignore_label]
+        labels_with.update(classes)
+        if num_classes is not None:
+            outside = [v for v in classes if not 0 <= v < num_classes]
+            if outside:
+                shown = ", ".join(map(str, outside[:5])) + (", ..." if len(outside) > 5 else "")
+                problems.append(Problem("label_out_of_range", where,
+                                        f"has values {shown}: {num_classes_key} is {num_classes} (classes 0.."
+                                        f"{num_classes - 1}) and the ignore label {ignore_label}"))
+    counted = range(num_classes) if num_classes is not None else sorted(labels_with)
+    for cid in counted:
+        if not labels_with[cid]:
+            problems.append(Problem("unused_class", f"class {cid}", "no label has it (the model learns a class "
+                                                                    "it never sees)"))
+    return DatasetReport(source=os.fspath(label_root), image_root=os.fspath(image_root), num_images=len(pairs),
+                         category_counts=[(cid, "", labels_with[cid]) for cid in counted],
+                         problems=problems, counted="labels")
+
+
 # ------------------------------------------------------------------------ command line
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -576,10 +658,14 @@ def argument_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  check_dataset.py annotations/train.json images/train\n"
                "  check_dataset.py annotations/train.json images/train --fix annotations/train_fixed.json\n"
-               "  check_dataset.py --imagenet /data/imagenet")
+               "  check_dataset.py --imagenet /data/imagenet\n"
+               "  check_dataset.py --sem-seg images/train labels/train --num-classes 19")
     parser.add_argument("json_file", nargs="?", metavar="ANNOTATIONS.json")
     parser.add_argument("image_root", nargs="?", metavar="IMAGE_DIR")
     parser.add_argument("--imagenet", metavar="DIR", help="check an ImageNet folder (train/ and val/) instead")
+    parser.add_argument("--sem-seg", nargs=2, metavar=("IMAGE_DIR", "LABEL_DIR"),
+                        help="check a semantic-segmentation folder pair (label PNGs) instead")
+    parser.add_argument("--ignore-label", type=int, default=255, help="with --sem-seg: the ignore value (default 255)")
     parser.add_argument("--fix", metavar="OUT.json", help="write a corrected copy of the json")
     parser.add_argument("--num-classes", type=int, help="the model's NUM_CLASSES, checked against the categories")
     parser.add_argument("--decode", action="store_true", help="decode every image fully (slow; default: headers "
@@ -597,6 +683,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.json_file or args.fix:
             raise ValueError("--imagenet DIR takes no ANNOTATIONS.json, IMAGE_DIR or --fix")
         report = check_imagenet_folder(args.imagenet, decode=args.decode, workers=args.workers)
+    elif args.sem_seg:
+        if args.json_file or args.fix:
+            raise ValueError("--sem-seg IMAGE_DIR LABEL_DIR takes no ANNOTATIONS.json, IMAGE_DIR or --fix")
+        for folder in args.sem_seg:
+            if not os.path.isdir(folder):
+                raise ValueError(f"{folder}: no such folder")
+        report = check_sem_seg_dataset(*args.sem_seg, num_classes=args.num_classes, ignore_label=args.ignore_label,
+                                       workers=args.workers)
     else:
         if not (args.json_file and args.image_root):
             raise ValueError("give ANNOTATIONS.json and IMAGE_DIR (or --imagenet DIR)")

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch.multiprocessing as mp
 from detectron2.engine import default_argument_parser, default_setup
@@ -43,8 +43,9 @@ from ..data import (DEMO_STYLE, SYNTHETIC_COCO_NAMES, SYNTHETIC_PANOPTIC_NAMES, 
                     ensure_synthetic_coco, ensure_synthetic_sem_seg, register_coco_from_detectron2_datasets,
                     register_dataset_specs, register_synthetic_coco, register_synthetic_panoptic,
                     register_synthetic_sem_seg)
-from ..data.checks import WARNING, check_coco_dataset
+from ..data.checks import WARNING, check_coco_dataset, check_sem_seg_dataset
 from ..data.datasets import SPEC_SYNTAX, DatasetSpec, parse_dataset_spec
+from ..data.sem_seg import SemSegDatasetSpec
 from ..fileio import atomic_output
 from ..weights.checkpoint import BackboneCheckpointer, remove_checkpoint_temporaries
 from .config_frontends import lazy_config_of, load_training_config, recorded_config, trainer_class
@@ -82,24 +83,32 @@ def num_classes_of(cfg) -> tuple:
     return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
-def check_datasets(specs: Sequence[DatasetSpec], output_dir: str, num_classes_key: str, num_classes: int) -> None:
-    """Check each dataset; write its full report to ``output_dir/dataset_check_<name>.txt``.
+def check_datasets(specs: Sequence[Union[DatasetSpec, SemSegDatasetSpec]], cfg) -> None:
+    """Check each dataset; write its full report to ``OUTPUT_DIR/dataset_check_<name>.txt``.
 
     Errors (what would fail or train wrongly) raise ``ValueError`` with the first of them and the
-    report's path; what Detectron2 tolerates is one ``warning:`` line per dataset.
+    report's path; what Detectron2 tolerates is one ``warning:`` line per dataset. COCO jsons are
+    checked against the detector's class count, label PNGs against the semantic head's.
     """
     for spec in specs:
-        if not isinstance(spec, DatasetSpec):  # image + label folders: paired when parsed
-            continue
-        report = check_coco_dataset(spec.json_file, spec.image_root, num_classes=num_classes,
-                                    num_classes_key=num_classes_key)
-        path = os.path.join(output_dir, f"dataset_check_{spec.name}.txt")
+        if isinstance(spec, SemSegDatasetSpec):
+            # a LazyConfig names its head's classes where it likes: only the values' range is known then
+            semantic_classes = None if lazy_config_of(cfg) is not None else cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+            report = check_sem_seg_dataset(spec.image_root, spec.label_root, num_classes=semantic_classes,
+                                           ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+                                           num_classes_key="MODEL.SEM_SEG_HEAD.NUM_CLASSES")
+            source, remedy = spec.label_root, "fix the labels"
+        else:
+            num_classes_key, num_classes = num_classes_of(cfg)
+            report = check_coco_dataset(spec.json_file, spec.image_root, num_classes=num_classes,
+                                        num_classes_key=num_classes_key)
+            source, remedy = spec.json_file, "fix it with tools/check_dataset.py --fix"
+        path = os.path.join(cfg.OUTPUT_DIR, f"dataset_check_{spec.name}.txt")
         with atomic_output(path, "w", encoding="utf-8") as f:
             f.write(report.format())
         if report.errors:
-            raise ValueError(f"dataset {spec.name!r} ({spec.json_file}): {report.first_error_line()}; "
-                             f"full report: {path} (fix it with tools/check_dataset.py --fix, or pass "
-                             "--skip-data-check)")
+            raise ValueError(f"dataset {spec.name!r} ({source}): {report.first_error_line()}; "
+                             f"full report: {path} ({remedy}, or pass --skip-data-check)")
         if report.warnings:
             print(f"warning: dataset {spec.name!r}: {report.counts(WARNING)}; full report: {path}",
                   file=sys.stderr, flush=True)
@@ -242,7 +251,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
                          "0 <= machine rank < number of machines")
     # under torchrun every process runs this; one check is enough (a failure stops the others)
     if not args.skip_data_check and os.environ.get("RANK", "0") == "0":
-        check_datasets(specs, cfg.OUTPUT_DIR, *num_classes_of(cfg))
+        check_datasets(specs, cfg)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
