@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import resnet_backbones  # noqa: F401  (before detectron2: installs the stand-ins)
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from resnet_backbones.config import get_default_config, load_config
 from resnet_backbones.data import (SYNTHETIC_STUFF_CLASSES, coco_split_paths, ensure_synthetic_coco,
@@ -490,6 +490,21 @@ def test_panoptic_fpn_trains_on_our_fpn_and_scores_boxes_masks_and_semantics(tmp
     assert trained and all(k in trained[-1] for k in ("loss_cls", "loss_mask", "loss_rpn_cls"))
     final = records[-1]
     assert "bbox/AP" in final and "segm/AP" in final and "sem_seg/mIoU" in final
+    assert "sem_seg/IoU-things" in final and "sem_seg/IoU-background" in final
+
+
+def test_panoptic_stuff_labels_follow_detectron2s_convention(tiny_semantic):
+    # PanopticFPN's combination skips semantic class 0 ("things") and pastes every other class as a
+    # stuff segment: the shapes must be 0 and the background 1, not the semantic split's 0..5
+    from resnet_backbones.data.sem_seg import panoptic_stuff_label_dir
+
+    names = register_synthetic_panoptic(tiny_semantic, names=("tiny_panoptic_train", "tiny_panoptic_val"))
+    assert MetadataCatalog.get(names[1]).stuff_classes == ["things", "background"]
+    for record in DatasetCatalog.get(names[1]):
+        stuff = np.array(Image.open(record["sem_seg_file_name"]))
+        semantic = np.array(Image.open(sem_seg_label_dir(tiny_semantic, "val") / Path(record["sem_seg_file_name"]).name))
+        assert Path(record["sem_seg_file_name"]).parent == panoptic_stuff_label_dir(tiny_semantic, "val")
+        assert np.array_equal(stuff == 1, semantic == 0) and set(np.unique(stuff)) <= {0, 1}
 
 
 # ---- the slow run ---------------------------------------------------------------------------------

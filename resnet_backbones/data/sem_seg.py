@@ -10,7 +10,10 @@
   synthetic shapes' instance masks, class 0 the background and class ``k`` the shape category
   ``k`` (``SYNTHETIC_STUFF_CLASSES``), next to the COCO files, generated on first use.
   ``synthetic_shapes_sem_seg_{train,val}`` name it, and ``synthetic_shapes_panoptic_{train,val}``
-  the same images with both the instances and these labels (for Panoptic FPN).
+  the same images with both the instances and the stuff labels Panoptic FPN's semantic branch
+  learns, in Detectron2's convention (``prepare_panoptic_fpn.py``): every thing pixel is class 0,
+  the stuff classes follow (here one, the background), since its panoptic combination takes
+  semantic class 0 for "things" and turns every other class into stuff segments.
 """
 from __future__ import annotations
 
@@ -56,11 +59,13 @@ SYNTHETIC_SEM_SEG_NAMES = ("synthetic_shapes_sem_seg_train", "synthetic_shapes_s
 SYNTHETIC_PANOPTIC_NAMES = ("synthetic_shapes_panoptic_train", "synthetic_shapes_panoptic_val")
 #: Class 0 is the background; class k is the synthetic shapes' category id k.
 SYNTHETIC_STUFF_CLASSES = ("background",) + tuple(category["name"] for category in CATEGORIES)
+#: Panoptic FPN's semantic classes: the things merged into class 0, then the stuff
+SYNTHETIC_PANOPTIC_STUFF_CLASSES = ("things", "background")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SEM_SEG_SPEC_SYNTAX = "NAME=IMAGE_DIR:LABEL_DIR"
 DEFAULT_IGNORE_LABEL = 255
 
-_LABELS_VERSION = 1
+_LABELS_VERSION = 2
 _MANIFEST_NAME = "synthetic_sem_seg_manifest.json"
 
 
@@ -172,6 +177,22 @@ def sem_seg_label_dir(root: PathLike, split_name: str) -> Path:
     return Path(root) / "sem_seg" / split_name
 
 
+def panoptic_stuff_label_dir(root: PathLike, split_name: str) -> Path:
+    """Where the Panoptic FPN stuff labels (things 0, background 1) of a synthetic split live."""
+    return Path(root) / "sem_seg_panoptic" / split_name
+
+
+def write_panoptic_stuff_labels(label_dir: PathLike, stuff_dir: PathLike) -> int:
+    """The synthetic labels in Panoptic FPN's convention: every shape 0 ("things"), background 1."""
+    stuff_dir = Path(stuff_dir)
+    stuff_dir.mkdir(parents=True, exist_ok=True)
+    labels = sorted(Path(label_dir).glob("*.png"))
+    for path in labels:
+        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(stuff_dir / path.name), (label == 0).astype(np.uint8))
+    return len(labels)
+
+
 def write_sem_seg_labels(json_file: PathLike, label_dir: PathLike) -> int:
     """One label PNG per image of a COCO instances file: 0 background, else the category id.
 
@@ -211,16 +232,18 @@ def ensure_synthetic_sem_seg(root: PathLike, force: bool = False) -> Dict[str, P
     manifest = {"generator": "resnet_backbones.data.sem_seg", "version": _LABELS_VERSION,
                 "classes": list(SYNTHETIC_STUFF_CLASSES), "coco": json.loads(coco_manifest.read_text())}
     folders = {split: sem_seg_label_dir(root, split) for split in SYNTHETIC_COCO_SPLITS}
+    stuff_folders = {split: panoptic_stuff_label_dir(root, split) for split in SYNTHETIC_COCO_SPLITS}
 
     def generate() -> None:
         for split, folder in folders.items():
-            for stale in folder.glob("*.png"):
+            for stale in list(folder.glob("*.png")) + list(stuff_folders[split].glob("*.png")):
                 stale.unlink()
             write_sem_seg_labels(coco_split_paths(root, split)[0], folder)
+            write_panoptic_stuff_labels(folder, stuff_folders[split])
 
     def complete() -> bool:
         return all(len(list(folder.glob("*.png"))) == len(list(coco_split_paths(root, split)[1].glob("*.png")))
-                   for split, folder in folders.items())
+                   for split in SYNTHETIC_COCO_SPLITS for folder in (folders[split], stuff_folders[split]))
 
     ensure_generated(root / _MANIFEST_NAME, manifest, generate, force=force, is_complete=complete)
     return folders
@@ -248,10 +271,11 @@ def register_synthetic_panoptic(root: PathLike, names: Sequence[str] = SYNTHETIC
         if name in DatasetCatalog.list():
             continue
         json_file, image_root = coco_split_paths(root, split)
-        label_root = sem_seg_label_dir(root, split)
+        label_root = panoptic_stuff_label_dir(root, split)
         DatasetCatalog.register(name, lambda j=json_file, i=image_root, s=label_root, n=name: _load_panoptic(j, i, s, n))
         MetadataCatalog.get(name).set(
             json_file=str(json_file), image_root=str(image_root), sem_seg_root=str(label_root),
             evaluator_type="coco_panoptic_seg", ignore_label=DEFAULT_IGNORE_LABEL,
-            thing_classes=[category["name"] for category in CATEGORIES], stuff_classes=list(SYNTHETIC_STUFF_CLASSES))
+            thing_classes=[category["name"] for category in CATEGORIES],
+            stuff_classes=list(SYNTHETIC_PANOPTIC_STUFF_CLASSES))
     return list(names)
