@@ -289,13 +289,41 @@ def test_two_gloo_processes_train_a_lazy_config(tmp_path, tiny_shapes):  # noqa:
     assert LazyConfig.load(str(out / "config.yaml")).dataloader.train.total_batch_size == 2
 
 
-def test_killed_lazy_run_resumes_at_the_saved_iteration_with_the_same_schedule(tmp_path, tiny_shapes):  # noqa: F811
-    out = tmp_path / "resume"
+def resume_schedule_args(out: Path, tiny_shapes: list, max_iter: int = 12) -> list:
     # the rate drops at iteration 10 of 12: a schedule restarted at the resume point would not have dropped
-    args = ["--config-file", str(LAZY_DEMO), *tiny_shapes,
-            *small_run(out, 12, "optimizer.lr=0.01", "lr_multiplier.scheduler.values=[1.0,0.1]",
+    return ["--config-file", str(LAZY_DEMO), *tiny_shapes,
+            *small_run(out, max_iter, "optimizer.lr=0.01", "lr_multiplier.scheduler.values=[1.0,0.1]",
                        "lr_multiplier.scheduler.milestones=[10]", "lr_multiplier.scheduler.num_updates=12",
                        "train.checkpointer.period=4", "train.eval_period=0", "dataloader.test.dataset.names=[]")]
+
+
+def assert_ends_on_the_uninterrupted_schedule(out: Path, resume_from: int) -> None:
+    assert f"Starting training from iteration {resume_from}" in (out / "log.txt").read_text()
+    final = checkpoint(out / "model_final.pth")
+    assert final["iteration"] == 11
+    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 12
+    optimizer = final["trainer"]["_trainer"]["optimizer"]
+    assert optimizer["state"], "no optimizer state (AdamW's moments) saved"
+    assert [group["lr"] for group in optimizer["param_groups"]] == pytest.approx(
+        [0.01 * 0.1] * len(optimizer["param_groups"]))
+
+
+def test_lazy_run_resumes_at_the_saved_iteration_with_the_same_schedule(tmp_path, tiny_shapes):  # noqa: F811
+    # in-process: a run stopped after 4 of the schedule's 12 iterations, then resumed to the end
+    # (the slow test below kills a real process instead)
+    out = tmp_path / "resume"
+    assert main(resume_schedule_args(out, tiny_shapes, max_iter=4)) == 0
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    (out / "model_final.pth").rename(out / "model_0000003.pth")
+    (out / "last_checkpoint").write_text("model_0000003.pth")
+    assert main(["--resume", *resume_schedule_args(out, tiny_shapes)]) == 0
+    assert_ends_on_the_uninterrupted_schedule(out, 4)
+
+
+@pytest.mark.slow
+def test_killed_lazy_run_resumes_at_the_saved_iteration_with_the_same_schedule(tmp_path, tiny_shapes):  # noqa: F811
+    out = tmp_path / "resume"
+    args = resume_schedule_args(out, tiny_shapes)
     first = subprocess.Popen([sys.executable, str(TOOL), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tag = out / "last_checkpoint"
     deadline = time.monotonic() + 480  # start-up and 4 iterations, on a machine shared with others
@@ -313,14 +341,7 @@ def test_killed_lazy_run_resumes_at_the_saved_iteration_with_the_same_schedule(t
     resumed = subprocess.run([sys.executable, str(TOOL), "--resume", *args], capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Starting training from iteration {resume_from}" in (out / "log.txt").read_text()
-    final = checkpoint(out / "model_final.pth")
-    assert final["iteration"] == 11
-    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 12
-    optimizer = final["trainer"]["_trainer"]["optimizer"]
-    assert optimizer["state"], "no optimizer state (AdamW's moments) saved"
-    assert [group["lr"] for group in optimizer["param_groups"]] == pytest.approx(
-        [0.01 * 0.1] * len(optimizer["param_groups"]))
+    assert_ends_on_the_uninterrupted_schedule(out, resume_from)
 
 
 def test_lazy_divergence_is_one_message_naming_the_lazy_keys(tmp_path, tiny_shapes, capsys):  # noqa: F811
