@@ -59,3 +59,12 @@ def tiny_shapes(tmp_path_factory) -> list:
         json_file, images = coco_split_paths(root, split)
         specs += ["--dataset", f"tiny_shapes_{split}={json_file}:{images}"]
     return specs
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -19,6 +19,7 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
+from conftest import free_port
 from test_training import DEMO_CONFIG, TOOL, checkpoint
 
 from resnet_backbones.config import add_resnet_backbones_config
@@ -280,10 +281,14 @@ def test_lazy_mixed_precision_switch_trains_in_bfloat16_on_cpu(tmp_path, tiny_sh
     assert checkpoint(out / "model_final.pth")["iteration"] == 1
 
 
-def test_two_gloo_processes_train_a_lazy_config(tmp_path, tiny_shapes):  # noqa: F811
+def test_two_gloo_processes_under_torchrun_train_a_lazy_config(tmp_path, tiny_shapes):  # noqa: F811
+    # torchrun here; test_training starts its two processes with Detectron2's launcher
     out = tmp_path / "ddp"
-    assert main(["--num-gpus", "2", "--dist-url", "auto", "--config-file", str(LAZY_DEMO), *tiny_shapes,
-                 *small_run(out, 3, "train.eval_period=0", "dataloader.test.dataset.names=[]")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(free_port()), str(TOOL), "--config-file", str(LAZY_DEMO), *tiny_shapes,
+               *small_run(out, 3, "train.eval_period=0", "dataloader.test.dataset.names=[]")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
     assert "World size: 2" in (out / "log.txt").read_text()
     assert checkpoint(out / "model_final.pth")["iteration"] == 2
     assert LazyConfig.load(str(out / "config.yaml")).dataloader.train.total_batch_size == 2

@@ -77,32 +77,18 @@ def test_mixed_precision_switch_trains_in_bfloat16_on_cpu(tmp_path, tiny_shapes)
     assert checkpoint(out / "model_final.pth")["iteration"] == 1
 
 
-@pytest.mark.parametrize("launcher", ["--num-gpus", "torchrun"])
-def test_two_gloo_processes_train_through_the_same_entry_point(tmp_path, tiny_shapes, launcher):
+def test_two_gloo_processes_train_through_the_same_entry_point(tmp_path, tiny_shapes):
+    # Detectron2's launcher here; test_lazy_config starts its two processes with torchrun
     out = tmp_path / "ddp"
     args = ["--config-file", str(DEMO_CONFIG), *tiny_shapes,
             *small_run(out, 3, "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()")]
-    if launcher == "torchrun":
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                   str(free_port()), str(TOOL), *args]
-        finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert finished.returncode == 0, finished.stderr[-3000:]
-    else:
-        assert main(["--num-gpus", "2", "--dist-url", "auto", *args]) == 0
+    assert main(["--num-gpus", "2", "--dist-url", "auto", *args]) == 0
     log = (out / "log.txt").read_text()
     assert "World size: 2" in log
     final = checkpoint(out / "model_final.pth")
     assert final["iteration"] == 2
     # each of the two processes took one image of the batch of 2
     assert "IMS_PER_BATCH: 2" in (out / "config.yaml").read_text()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_killed_run_resumes_at_the_saved_iteration_with_the_same_schedule(tmp_path, tiny_shapes):
