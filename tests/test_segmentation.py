@@ -96,7 +96,7 @@ def test_head_builds_on_the_body_and_its_loss_falls(head, body):
         assert model.sem_seg_head.in_features == ["res2", "res5"]
         assert model.sem_seg_head.decoder[0].project.out_channels == 16
 
-    batch = toy_batch()
+    batch = toy_batch(count=2)
     losses = train_steps(model, batch, 8)
     assert losses[-1] < 0.8 * losses[0] and losses == sorted(losses, reverse=True), losses
 
