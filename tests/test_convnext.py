@@ -214,3 +214,22 @@ def test_timm_convnext_v2_is_refused_in_one_line():
     with pytest.raises(Exception) as error:
         convert_state_dict(state)
     assert "ConvNeXt V2" in str(error.value) and "\n" not in str(error.value)
+
+
+#: timm ConvNeXt (V1) models with this layout; the normal suite converts the smallest
+TIMM_CONVNEXTS = ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny_hnf",
+                  "convnext_small", "convnext_base", "convnext_large_mlp"]
+
+
+@pytest.mark.parametrize("name", [n if n == "convnext_atto" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in TIMM_CONVNEXTS])
+def test_timm_convnexts_convert_to_equal_features(name):
+    reference = randomize(timm.create_model(name, pretrained=False)).eval()
+    renamed, report = convert_state_dict(reference.state_dict())
+    body = ResNet.from_arch(report.arch).eval()
+    body.load_state_dict(renamed, strict=True)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = reference.forward_intermediates(x, intermediates_only=True), body(x)
+    for index, stage in enumerate(("res2", "res3", "res4", "res5")):
+        torch.testing.assert_close(actual[stage], expected[index], atol=1e-4, rtol=0, msg=stage)

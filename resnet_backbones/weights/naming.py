@@ -144,7 +144,8 @@ _UNSUPPORTED_TIMM = (
     (r"\.mlp\.grn\.", "timm's ConvNeXt V2 (Global Response Norm in the MLP: mlp.grn)"),
 )
 
-CLASSIFIER_PREFIXES = ("fc.", "linear.", "head.", "classifier.")
+#: classifier heads; timm ConvNeXt's norm_pre is the head's norm before pooling (head_norm_first)
+CLASSIFIER_PREFIXES = ("fc.", "linear.", "head.", "classifier.", "norm_pre.")
 
 
 def rename_state_dict(state_dict: Dict, source: str) -> Tuple[Dict, List[str], List[str]]:
