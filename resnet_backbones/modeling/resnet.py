@@ -66,6 +66,8 @@ class Stage(nn.Module):
         self.checkpoint = checkpoint
         self.norm_eval = norm_eval
 
+    __jit_unused_properties__ = ["stride"]
+
     def __len__(self) -> int:
         return self.num_blocks
 
