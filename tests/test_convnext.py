@@ -233,3 +233,15 @@ def test_timm_convnexts_convert_to_equal_features(name):
         expected, actual = reference.forward_intermediates(x, intermediates_only=True), body(x)
     for index, stage in enumerate(("res2", "res3", "res4", "res5")):
         torch.testing.assert_close(actual[stage], expected[index], atol=1e-4, rtol=0, msg=stage)
+
+
+def test_a_convnext_body_scripts_and_equals_eager():
+    arch = ResNetArch.with_preset("convnext", depth=17, num_blocks=(1, 1, 2, 1), stem_out_channels=24,
+                                  res2_out_channels=24, width_per_group=96)
+    body = randomize(ResNet.from_arch(arch)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    scripted = torch.jit.script(body)
+    with torch.no_grad():
+        expected, actual = body(x), scripted(x)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0)
