@@ -13,7 +13,7 @@ from resnet_backbones.config import NEW_KEYS, get_default_config
 from resnet_backbones.modeling.arch import CONVNEXT_ROAD, ConfigError, ResNetArch, convnext_road
 from resnet_backbones.modeling.blocks import ResidualBlock
 from resnet_backbones.modeling.layers import LayerNorm2d
-from resnet_backbones.weights import convert_state_dict
+from resnet_backbones.weights import WeightsError, convert_state_dict
 from resnet_backbones.weights.convert import TORCHVISION_CONVENTION
 from resnet_backbones.weights.cli import main as convert_main
 
@@ -208,12 +208,17 @@ def test_bad_road_combinations_name_their_keys(keys, message):
     assert message in str(error.value)
 
 
-def test_timm_convnext_v2_is_refused_in_one_line():
+@pytest.mark.parametrize("name, why", [
+    ("convnextv2_atto", "timm's ConvNeXt V2 (Global Response Norm in the MLP: mlp.grn) is not supported"),
+    ("convnext_atto_ols", "keys that have no place in a timm ResNet"),  # an overlapping 3-conv stem
+    ("convnext_atto_rms", "model keys missing from the file"),  # RMSNorm: no bias
+])
+def test_other_timm_convnexts_are_refused_in_one_line(name, why):
     with torch.device("meta"):
-        state = timm.create_model("convnextv2_atto", pretrained=False).state_dict()
-    with pytest.raises(Exception) as error:
+        state = timm.create_model(name, pretrained=False).state_dict()
+    with pytest.raises(WeightsError) as error:
         convert_state_dict(state)
-    assert "ConvNeXt V2" in str(error.value) and "\n" not in str(error.value)
+    assert why in str(error.value) and "\n" not in str(error.value), str(error.value)
 
 
 #: timm ConvNeXt (V1) models with this layout; the normal suite converts the smallest
