@@ -48,6 +48,15 @@ NEW_KEYS.update({
     "MODEL.RESNETS.STEM_POOL": "max",  # or "conv": ResNet-RS's strided 3x3 convolution
     "MODEL.RESNETS.ANTI_ALIAS": "",  # "avg" or "blur": anti-aliased downsampling (timm's aa_layer)
     "MODEL.RESNETS.ECA": False,  # ECA channel attention in every block (instead of SE)
+    # the ConvNeXt road (README "The ConvNeXt road"); PRESET "convnext" is ConvNeXt-T
+    "MODEL.RESNETS.DEPTHWISE": False,  # the bottleneck's spatial convolution has a group per channel
+    "MODEL.RESNETS.DEPTHWISE_FIRST": False,  # depthwise convolution first, then the two 1x1
+    "MODEL.RESNETS.KERNEL_SIZE": 3,  # the blocks' spatial convolutions (ConvNeXt: 7)
+    "MODEL.RESNETS.ACTIVATION": "relu",  # or "gelu"
+    "MODEL.RESNETS.SINGLE_ACTIVATION": False,  # one activation per block, before its last convolution
+    "MODEL.RESNETS.SINGLE_NORM": False,  # one norm per block, after its first convolution
+    "MODEL.RESNETS.DOWNSAMPLE": "block",  # or "separate": norm + 2x2 stride-2 conv before res3..res5
+    "MODEL.RESNETS.LAYER_SCALE": 0.0,  # initial per-channel scale of each branch; 0 = none
 })
 
 

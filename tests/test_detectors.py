@@ -35,6 +35,7 @@ def batch(height=128, width=160, with_masks=True):
     ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "GeneralizedRCNN"),
     ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "RetinaNet"),
     ("COCO-Detection/faster_rcnn_R_50_DC5_1x.yaml", "GeneralizedRCNN"),
+    ("COCO-InstanceSegmentation/mask_rcnn_convnext_T_FPN_3x.yaml", "GeneralizedRCNN"),
 ])
 def test_detector_trains_one_step_and_infers(config, arch):
     torch.manual_seed(0)
@@ -95,7 +96,7 @@ def test_model_zoo_config_matches_its_name_and_builds(config):
     assert cfg.SOLVER.MAX_ITER == schedule and cfg.SOLVER.IMS_PER_BATCH == 16
     assert cfg.MODEL.MASK_ON == name.startswith("mask_rcnn")
     assert cfg.MODEL.META_ARCHITECTURE == ("RetinaNet" if name.startswith("retinanet") else "GeneralizedRCNN")
-    depth = 101 if "_101_" in name else 50
+    depth = 101 if "_101_" in name else 56 if "_convnext_T_" in name else 50  # ConvNeXt-T: 2 + 3 x 18 layers
     assert cfg.MODEL.RESNETS.DEPTH == depth
     if "X_101_32x8d" in name:
         assert (cfg.MODEL.RESNETS.NUM_GROUPS, cfg.MODEL.RESNETS.WIDTH_PER_GROUP) == (32, 8)

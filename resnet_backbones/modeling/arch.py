@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .blocks import SHORTCUT_TYPES
+from .blocks import ACTIVATIONS, SHORTCUT_TYPES
 from .layers import ANTI_ALIAS_TYPES, GN_GROUPS, NORM_NAMES
 from .stems import STEM_POOLS, STEM_TYPES
 
@@ -29,6 +29,10 @@ FEATURE_NAMES = ("stem",) + STAGE_NAMES
 
 #: output stride -> base dilation of res4 and res5 (the stages that stop striding)
 OUTPUT_STRIDES: Dict[int, Tuple[int, int]] = {32: (1, 1), 16: (1, 2), 8: (2, 4)}
+
+#: where a stage downsamples: "block", its first block strides (with a projection shortcut);
+#: "separate", ConvNeXt's norm and 2x2 stride-2 convolution before the stage (``resN.downsample``)
+DOWNSAMPLE_TYPES = ("block", "separate")
 
 #: "detectron2": every block of a dilated stage uses the stage's dilation;
 #: "torchvision": the first block keeps the previous dilation (torchvision and timm)
@@ -50,7 +54,41 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "wide": {"width_per_group": 128, "stride_in_1x1": False},
     # Detectron2's DeepLab project stem: three 3x3 convolutions 64, 64, 128 wide
     "deeplab_stem": {"stem_type": "deep", "stem_width": 64, "stem_out_channels": 128},
+    # the end of the ConvNeXt road (Liu et al. 2022, Fig. 2): ConvNeXt-T, exactly timm convnext_tiny
+    "convnext": {"depth": 56, "num_blocks": (3, 3, 9, 3), "stem_type": "patchify", "stem_out_channels": 96,
+                 "res2_out_channels": 96, "width_per_group": 384, "stride_in_1x1": False, "depthwise": True,
+                 "depthwise_first": True, "kernel_size": 7, "activation": "gelu", "single_activation": True,
+                 "single_norm": True, "norm": "LN", "downsample": "separate", "layer_scale": 1e-6},
 }
+
+#: the ConvNeXt road in the paper's order (Fig. 2): step -> the keys it adds to the previous
+#: step's (ResNet-50 with the stride on the 3x3 first). "Inverted bottleneck" needs no key of its
+#: own: the residual stream becomes narrower than the 3x3 (RES2_OUT_CHANNELS 96, WIDTH_PER_GROUP 384).
+CONVNEXT_ROAD: Tuple[Tuple[str, Dict[str, Any]], ...] = (
+    ("ResNet-50", {"stride_in_1x1": False}),
+    ("stage ratio 3:3:9:3", {"depth": 56, "num_blocks": (3, 3, 9, 3)}),
+    ("patchify stem", {"stem_type": "patchify"}),
+    ("depthwise conv", {"depthwise": True}),
+    ("width 96", {"stem_out_channels": 96, "width_per_group": 96, "res2_out_channels": 384}),
+    ("inverted bottleneck", {"width_per_group": 384, "res2_out_channels": 96}),
+    ("depthwise conv moved up", {"depthwise_first": True}),
+    ("kernel 7x7", {"kernel_size": 7}),
+    ("GELU", {"activation": "gelu"}),
+    ("fewer activations", {"single_activation": True}),
+    ("fewer norms", {"single_norm": True}),
+    ("BN -> LN", {"norm": "LN"}),
+    ("separate downsampling", {"downsample": "separate"}),
+    ("layer scale (ConvNeXt-T)", {"layer_scale": 1e-6}),
+)
+
+
+def convnext_road() -> List[Tuple[str, Dict[str, Any]]]:
+    """``(step, fields)`` of every ConvNeXt road step, each with all the fields up to it."""
+    steps, fields = [], {"norm": "BN"}
+    for name, changes in CONVNEXT_ROAD:
+        fields = {**fields, **changes}
+        steps.append((name, dict(fields)))
+    return steps
 
 
 class ConfigError(ValueError):
@@ -67,6 +105,9 @@ def _conflict(key_a: str, value_a: Any, key_b: str, value_b: Any, why: str) -> C
 
 #: fields whose config values are lists (held as tuples)
 _LIST_FIELDS = ("out_features", "deform_on_per_stage", "res5_multi_grid", "checkpoint_stages", "num_blocks")
+
+#: fields of the ConvNeXt road's blocks that pre-activation blocks have no form of
+_POST_ACTIVATION_ONLY = ("depthwise_first", "single_activation", "single_norm", "downsample", "activation")
 
 #: conv layers per block: a depth is 2 (stem conv, classifier) plus this times the blocks
 _LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
@@ -111,6 +152,15 @@ class ResNetArch:
     stem_pool: str = "max"
     anti_alias: str = ""
     eca: bool = False
+    # issue 19: the ConvNeXt road (CONVNEXT_ROAD; stage ratio is NUM_BLOCKS, the stem STEM_TYPE patchify)
+    depthwise: bool = False
+    depthwise_first: bool = False
+    kernel_size: int = 3
+    activation: str = "relu"
+    single_activation: bool = False
+    single_norm: bool = False
+    downsample: str = "block"
+    layer_scale: float = 0.0
 
     #: field -> the config key it is read from (messages name keys, not fields)
     KEYS = {
@@ -146,6 +196,14 @@ class ResNetArch:
         "stem_pool": "MODEL.RESNETS.STEM_POOL",
         "anti_alias": "MODEL.RESNETS.ANTI_ALIAS",
         "eca": "MODEL.RESNETS.ECA",
+        "depthwise": "MODEL.RESNETS.DEPTHWISE",
+        "depthwise_first": "MODEL.RESNETS.DEPTHWISE_FIRST",
+        "kernel_size": "MODEL.RESNETS.KERNEL_SIZE",
+        "activation": "MODEL.RESNETS.ACTIVATION",
+        "single_activation": "MODEL.RESNETS.SINGLE_ACTIVATION",
+        "single_norm": "MODEL.RESNETS.SINGLE_NORM",
+        "downsample": "MODEL.RESNETS.DOWNSAMPLE",
+        "layer_scale": "MODEL.RESNETS.LAYER_SCALE",
     }
 
     #: fields the weights do not determine: how the body is run, trained or cut, not what
@@ -204,12 +262,12 @@ class ResNetArch:
     def weight_config_items(self) -> List[Tuple[str, Any]]:
         """The keys that describe what weights for this body hold: the foundation's always,
         a variant's only when it is not at its default; no run choices, and the norm only for GN
-        (BN and FrozenBN weights are interchangeable)."""
+        and LN (BN and FrozenBN weights are interchangeable)."""
         defaults = ResNetArch()
         items = []
         for name, key in self.KEYS.items():
             value = getattr(self, name)
-            if name in self.RUN_CHOICES or (name == "norm" and value != "GN"):
+            if name in self.RUN_CHOICES or (name == "norm" and value not in ("GN", "LN")):
                 continue
             if name in self.ALWAYS_LISTED or value != getattr(defaults, name):
                 items.append((key, list(value) if isinstance(value, tuple) else value))
@@ -254,6 +312,10 @@ class ResNetArch:
         """The dilation that replaces stage ``index``'s stride (1 where the stage strides)."""
         res4, res5 = OUTPUT_STRIDES[self.effective_output_stride]
         return {2: res4, 3: res5}.get(index, 1)
+
+    def stage_downsample(self, index: int) -> bool:
+        """Whether stage ``index`` starts with a separate downsampling layer (``DOWNSAMPLE: separate``)."""
+        return self.downsample == "separate" and index > 0
 
     def stage_stride(self, index: int) -> int:
         """Stride of the first block of stage ``index``; a dilated stage keeps the resolution."""
@@ -324,6 +386,7 @@ class ResNetArch:
         self._check_deform()
         self._check_dilation()
         self._check_training_aids()
+        self._check_convnext_road()
         return self
 
     def _check_depth(self) -> None:
@@ -384,7 +447,7 @@ class ResNetArch:
         if self.block_type == "bottleneck":
             widths[f"{self.KEYS['num_groups']} x {self.KEYS['width_per_group']}"] = (
                 self.num_groups * self.width_per_group)
-        if self.stem_type != "basic":
+        if self.stem_type in ("deep", "tiered"):
             widths[self.KEYS["stem_width"]] = self.stem_width
         if self.stem_type == "tiered":
             widths[f"3/4 of {self.KEYS['stem_width']} (the tiered stem's first width)"] = self.stem_width // 4 * 3
@@ -401,10 +464,14 @@ class ResNetArch:
             hint = (" (Detectron2's DeepLab 'deeplab' stem is STEM_TYPE 'deep' with STEM_WIDTH = "
                     "STEM_OUT_CHANNELS / 2, or PRESET 'deeplab_stem')" if self.stem_type == "deeplab" else "")
             raise _bad(k["stem_type"], self.stem_type, f"one of {list(STEM_TYPES)}{hint}")
-        if self.stem_type == "basic" and self.stem_width != ResNetArch.stem_width:
+        if self.stem_type in ("basic", "patchify") and self.stem_width != ResNetArch.stem_width:
             raise _conflict(k["stem_width"], self.stem_width, k["stem_type"], self.stem_type,
-                            "STEM_WIDTH is the inner width of the deep stem; the basic stem has one "
-                            "convolution, STEM_OUT_CHANNELS wide")
+                            "STEM_WIDTH is the inner width of the deep stem; the basic and patchify stems "
+                            "have one convolution, STEM_OUT_CHANNELS wide")
+        if self.stem_type == "patchify" and (self.stem_pool != "max" or self.anti_alias):
+            key, value = (k["stem_pool"], self.stem_pool) if self.stem_pool != "max" else (k["anti_alias"], self.anti_alias)
+            raise _conflict(key, value, k["stem_type"], "patchify",
+                            "the patchify stem has no pool: its 4x4 stride-4 convolution reaches stride 4 alone")
 
     def _check_shortcut(self) -> None:
         k = self.KEYS
@@ -481,9 +548,74 @@ class ResNetArch:
         if unknown:
             raise _bad(k["checkpoint_stages"], list(self.checkpoint_stages),
                        f"names from {list(FEATURE_NAMES)}; unknown: {unknown}")
-        if self.norm_eval and self.norm in ("GN", ""):
+        if self.norm_eval and self.norm in ("GN", "LN", ""):
             raise _conflict(k["norm_eval"], True, k["norm"], self.norm,
                             "NORM_EVAL freezes BatchNorm statistics and this norm keeps none")
+
+
+    def _check_convnext_road(self) -> None:
+        k = self.KEYS
+        for name in ("depthwise", "depthwise_first", "single_activation", "single_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(k[name], getattr(self, name), "True or False")
+        size = self.kernel_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+            raise _bad(k["kernel_size"], size, "an odd positive integer, the size of the blocks' spatial convolutions")
+        if self.activation not in ACTIVATIONS:
+            raise _bad(k["activation"], self.activation, f"one of {list(ACTIVATIONS)}")
+        if self.downsample not in DOWNSAMPLE_TYPES:
+            raise _bad(k["downsample"], self.downsample, "'block' (the first block of a stage strides) or "
+                       "'separate' (ConvNeXt: a norm and a 2x2 stride-2 convolution before the stage)")
+        scale = self.layer_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+            raise _bad(k["layer_scale"], scale, "0 (none) or the positive initial value of the per-channel "
+                       "scale of each branch (ConvNeXt: 1e-6)")
+        if self.depthwise and self.block_type == "basic":
+            raise _conflict(k["depthwise"], True, k["depth"], self.depth,
+                            "a depthwise convolution is a bottleneck's 3x3 and basic blocks have none")
+        if self.depthwise and self.num_groups != 1:
+            raise _conflict(k["depthwise"], True, k["num_groups"], self.num_groups,
+                            "a depthwise convolution has one group per channel; leave NUM_GROUPS at 1 and set "
+                            "the width with WIDTH_PER_GROUP")
+        if self.depthwise_first and not self.depthwise:
+            raise _conflict(k["depthwise_first"], True, k["depthwise"], False,
+                            "it moves the depthwise convolution to the block's input")
+        if self.depthwise_first and self.stride_in_1x1:
+            raise _conflict(k["depthwise_first"], True, k["stride_in_1x1"], True,
+                            "a block whose depthwise convolution comes first strides there; set STRIDE_IN_1X1 False")
+        deformable = any(self.deform_on_per_stage)
+        for name, value, on in (("depthwise", self.depthwise, self.depthwise), ("kernel_size", size, size != 3)):
+            if on and deformable:
+                raise _conflict(k[name], value, k["deform_on_per_stage"], list(self.deform_on_per_stage),
+                                "deformable convolutions here are dense 3x3 ones")
+        if self.depthwise_first and self.anti_alias:
+            raise _conflict(k["anti_alias"], self.anti_alias, k["depthwise_first"], True,
+                            "anti-aliasing follows a bottleneck's middle 3x3, which this block does not have")
+        if self.preact:
+            for name in _POST_ACTIVATION_ONLY:
+                if getattr(self, name) != getattr(ResNetArch, name):
+                    raise _conflict(k[name], getattr(self, name), k["preact"], True,
+                                    "this package has no pre-activation form of it")
+        if self.downsample == "separate":
+            self._check_separate_downsampling()
+
+    def _check_separate_downsampling(self) -> None:
+        k, why = self.KEYS, "with separate downsampling no block changes the shape, so no block has a projection"
+        if self.avg_down:
+            raise _conflict(k["avg_down"], True, k["downsample"], "separate", why)
+        if self.shortcut != "B":
+            raise _conflict(k["shortcut"], self.shortcut, k["downsample"], "separate", why)
+        if self.anti_alias:
+            raise _conflict(k["anti_alias"], self.anti_alias, k["downsample"], "separate",
+                            "no block strides, and the downsampling convolution has no anti-aliased form")
+        if self.effective_output_stride != 32:
+            raise _conflict(k["output_stride"], self.effective_output_stride, k["downsample"], "separate",
+                            "dilated stages are not supported with separate downsampling layers")
+        if self.stem_out_channels != self.res2_out_channels:
+            raise ConfigError(
+                f"{k['stem_out_channels']} = {self.stem_out_channels} cannot be combined with "
+                f"{k['res2_out_channels']} = {self.res2_out_channels} and {k['downsample']} = 'separate': {why}, "
+                "and res2 has no downsampling layer to change the width (ConvNeXt: both 96)")
 
 
 def check_in_features(key: str, requested: Sequence[str], available: Sequence[str]) -> None:

@@ -4,7 +4,12 @@ Every block follows Detectron2's contract (``CNNBlockBase``): ``in_channels``,
 ``out_channels`` and ``stride`` attributes, NCHW in and out. Parameter names are Detectron2's
 whatever the variant and the norm: ``conv1``..``conv3`` with their norms as ``convK.norm``,
 ``shortcut`` for the projection, ``conv2_offset`` for a deformable 3x3's offsets, ``se.fc1``,
-``se.fc2`` for squeeze-and-excitation and ``eca.conv`` for ECA.
+``se.fc2`` for squeeze-and-excitation, ``eca.conv`` for ECA and ``layer_scale`` for ConvNeXt's
+per-channel branch scale.
+
+ConvNeXt's block is this block at the end of the paper's road (depthwise, inverted, depthwise
+first, 7x7, GELU, one activation, one norm, layer scale): ``conv1`` the depthwise 7x7 with its
+norm, ``conv2``/``conv3`` the two 1x1 layers, so every step of the road is an argument here.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from .layers import (DeformConvNorm, EfficientChannelAttention, NormSpec, Squeez
 #: the paper's shortcut options: A identity with zero-padded channels, B projection where the
 #: shape changes, C projection everywhere
 SHORTCUT_TYPES = ("A", "B", "C")
+#: activations of the branch (and after the sum): ResNet's ReLU or ConvNeXt's GELU
+ACTIVATIONS = ("relu", "gelu")
 
 
 class ResidualBlock(CNNBlockBase):
@@ -61,6 +68,15 @@ class ResidualBlock(CNNBlockBase):
             average pool) or ``"blur"`` (blur pool) subsamples its activated output (timm's
             ``aa_layer``); ``""`` for none. Needs the stride on the 3x3.
         eca: ECA channel attention (``eca.conv``) on the branch output instead of SE.
+        depthwise: the bottleneck's spatial convolution has one group per channel.
+        depthwise_first: the depthwise convolution comes first, on the block's input width, then
+            the two 1x1 convolutions (ConvNeXt's "moving up the depthwise conv"); it takes the stride.
+        kernel_size: size of the spatial convolutions (ConvNeXt: 7).
+        activation: ``"relu"`` or ``"gelu"``.
+        single_activation: one activation, before the last convolution, and none after the sum.
+        single_norm: only the first convolution has a norm (the others get biases).
+        layer_scale: the branch output is multiplied by a learned per-channel scale that starts
+            at this value (``layer_scale``, ConvNeXt's gamma); 0 for none.
     """
 
     def __init__(
@@ -86,6 +102,13 @@ class ResidualBlock(CNNBlockBase):
         zero_init_last: bool = False,
         anti_alias: str = "",
         eca: bool = False,
+        depthwise: bool = False,
+        depthwise_first: bool = False,
+        kernel_size: int = 3,
+        activation: str = "relu",
+        single_activation: bool = False,
+        single_norm: bool = False,
+        layer_scale: float = 0.0,
     ):
         super().__init__(in_channels, out_channels, stride)
         if shortcut_type not in SHORTCUT_TYPES:
@@ -93,19 +116,37 @@ class ResidualBlock(CNNBlockBase):
         self.is_bottleneck = bottleneck_channels is not None
         if deform and not self.is_bottleneck:
             raise ValueError("deformable convolutions need a bottleneck block (bottleneck_channels)")
+        if (depthwise or depthwise_first) and not self.is_bottleneck:
+            raise ValueError("depthwise convolutions need a bottleneck block (bottleneck_channels)")
+        if deform and (depthwise or kernel_size != 3):
+            raise ValueError("deformable convolutions here are dense 3x3 ones")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
         self.preact = preact
+        self.activation = activation
+        self.single_activation = single_activation
+        # with one activation it precedes the last convolution: a bottleneck's conv1 goes without
+        self.activate_conv1 = not (single_activation and self.is_bottleneck)
         self.drop_path_rate = drop_path_rate
         first_dilation = dilation if first_dilation is None else first_dilation
         conv_args = dict(norm=norm, norm_first=preact)
         use_aa = bool(anti_alias) and stride > 1
-        if use_aa and (preact or deform or (stride_in_1x1 and self.is_bottleneck)):
+        if use_aa and (preact or deform or depthwise_first or (stride_in_1x1 and self.is_bottleneck)):
             raise ValueError("anti-aliasing needs a post-activation block with its stride on a plain 3x3")
         conv_stride = 1 if use_aa else stride
 
         self._build_shortcut(in_channels, out_channels, stride, norm, shortcut_type, avg_down, preact)
 
         self.conv2_offset = None
-        if self.is_bottleneck:
+        later_args = dict(conv_args, norm=None) if single_norm else conv_args
+        if self.is_bottleneck and depthwise_first:
+            width = bottleneck_channels
+            self.conv1 = conv_norm(in_channels, in_channels, kernel_size, stride=conv_stride, dilation=first_dilation,
+                                   groups=in_channels, **conv_args)
+            self.conv2 = conv_norm(in_channels, width, 1, **later_args)
+            self.conv3 = conv_norm(width, out_channels, 1, **later_args)
+            self._branch = ("conv1", "conv2", "conv3")
+        elif self.is_bottleneck:
             stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, conv_stride)
             width = bottleneck_channels
             self.conv1 = conv_norm(in_channels, width, 1, stride=stride_1x1, **conv_args)
@@ -118,14 +159,14 @@ class ResidualBlock(CNNBlockBase):
                 nn.init.zeros_(self.conv2_offset.weight)
                 nn.init.zeros_(self.conv2_offset.bias)
             else:
-                self.conv2 = conv_norm(width, width, 3, stride=stride_3x3, dilation=first_dilation,
-                                       groups=num_groups, **conv_args)
-            self.conv3 = conv_norm(width, out_channels, 1, **conv_args)
+                self.conv2 = conv_norm(width, width, kernel_size, stride=stride_3x3, dilation=first_dilation,
+                                       groups=width if depthwise else num_groups, **later_args)
+            self.conv3 = conv_norm(width, out_channels, 1, **later_args)
             self._branch = ("conv1", "conv2", "conv3")
         else:
-            self.conv1 = conv_norm(in_channels, out_channels, 3, stride=conv_stride, dilation=first_dilation,
-                                   **conv_args)
-            self.conv2 = conv_norm(out_channels, out_channels, 3, dilation=dilation, **conv_args)
+            self.conv1 = conv_norm(in_channels, out_channels, kernel_size, stride=conv_stride,
+                                   dilation=first_dilation, **conv_args)
+            self.conv2 = conv_norm(out_channels, out_channels, kernel_size, dilation=dilation, **later_args)
             self._branch = ("conv1", "conv2")
 
         # the subsampling of an anti-aliased block comes before the branch convolution of this index
@@ -135,6 +176,9 @@ class ResidualBlock(CNNBlockBase):
         if eca and se_ratio > 0:
             raise ValueError("a block has one channel attention: eca or se_ratio")
         self.eca = EfficientChannelAttention(out_channels) if eca else None
+        self.layer_scale: Optional[nn.Parameter] = None
+        if layer_scale > 0:
+            self.layer_scale = nn.Parameter(torch.full((out_channels,), float(layer_scale)))
         if zero_init_last:
             self._zero_init_last()
 
@@ -171,6 +215,9 @@ class ResidualBlock(CNNBlockBase):
             return self.conv2.convolve(x, self.conv2_offset(x))
         return self.conv2.convolve(x)
 
+    def _activate(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x) if self.activation == "gelu" else F.relu_(x)
+
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut_pool is not None:
             x = self.shortcut_pool(x)
@@ -189,12 +236,15 @@ class ResidualBlock(CNNBlockBase):
             if self.shortcut is not None:
                 shortcut_input = out
         out = self.conv1.convolve(out)
-        out = self.conv2.preactivate(out) if self.preact else F.relu_(out)
+        if self.preact:
+            out = self.conv2.preactivate(out)
+        elif self.activate_conv1:
+            out = self._activate(out)
         if self.aa_index == 1:  # anti-aliasing subsamples before the convolution of this index
             out = self.aa(out)
         out = self._convolve_3x3(out)
         if hasattr(self, "conv3"):
-            out = self.conv3.preactivate(out) if self.preact else F.relu_(out)
+            out = self.conv3.preactivate(out) if self.preact else self._activate(out)
             if self.aa_index == 2:
                 out = self.aa(out)
             out = self.conv3.convolve(out)
@@ -202,10 +252,12 @@ class ResidualBlock(CNNBlockBase):
             out = self.se(out)
         if self.eca is not None:
             out = self.eca(out)
+        if self.layer_scale is not None:
+            out = out * self.layer_scale.view(1, -1, 1, 1)
         out = drop_path(out, self.drop_path_rate, self.training)
         shortcut = self._shortcut(shortcut_input)
         if out.dtype == shortcut.dtype:
             out += shortcut  # in place, as Detectron2: no new feature map (4-9% at 800x1216 on CPU)
         else:  # mixed precision that cannot add in place
             out = out + shortcut
-        return out if self.preact else F.relu_(out)
+        return out if self.preact or self.single_activation else self._activate(out)

@@ -16,8 +16,9 @@ from torchvision.ops import deform_conv2d
 
 NormSpec = Union[str, Callable[[int], nn.Module], None]
 
-#: Norm names accepted by ``MODEL.RESNETS.NORM`` (Detectron2's names).
-NORM_NAMES = ("BN", "FrozenBN", "SyncBN", "GN", "")
+#: Norm names accepted by ``MODEL.RESNETS.NORM`` (Detectron2's names; "LN" as Detectron2 main's:
+#: LayerNorm over the channels of each pixel, ConvNeXt's norm).
+NORM_NAMES = ("BN", "FrozenBN", "SyncBN", "GN", "LN", "")
 
 #: Group count Detectron2 uses for ``GN``.
 GN_GROUPS = 32
@@ -27,14 +28,29 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each position of an NCHW tensor (timm's ``LayerNorm2d``,
+    Detectron2 main's ``LayerNorm``; eps 1e-6 as ConvNeXt)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
 def get_norm(norm: NormSpec, channels: int) -> Optional[nn.Module]:
-    """Detectron2's ``get_norm``, except that ``SyncBN`` in a single process is plain BN.
+    """Detectron2's ``get_norm``, except that ``SyncBN`` in a single process is plain BN, and with
+    ``LN`` (:class:`LayerNorm2d`), which Detectron2 v0.6 lacks.
 
     SyncBatchNorm has nothing to synchronise with one process, and on CPU it refuses to run;
     both layers hold the same parameters and buffers, so checkpoints move between them freely.
     """
     if norm == "SyncBN" and _world_size() == 1:
         norm = "BN"
+    if norm == "LN":
+        return LayerNorm2d(channels)
     return d2_get_norm(norm, channels)
 
 
@@ -46,17 +62,21 @@ class ConvNorm(nn.Conv2d):
     ``norm_first=False``: ``norm(conv(x))``, the original ResNet.
     ``norm_first=True``: ``conv(relu(norm(x)))``, pre-activation (ResNet v2); the norm then
     sees the input channels.
+    ``padding``: ``None`` for 'same' padding; 0 for patch-wise convolutions (kernel = stride).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
                  dilation: int = 1, groups: int = 1, norm: NormSpec = "BN", norm_first: bool = False,
-                 bias: Optional[bool] = None):
+                 bias: Optional[bool] = None, padding: Optional[int] = None):
         norm_layer = get_norm(norm, in_channels if norm_first else out_channels)
         if bias is None:
-            # a following norm would cancel a bias; a pre-activation's next norm does too
-            bias = norm_layer is None and not norm_first
+            # a following batch or group norm would cancel a bias, a pre-activation's next norm
+            # too; a LayerNorm (over each pixel's channels) does not, so ConvNeXt keeps them
+            bias = (norm_layer is None and not norm_first) or (isinstance(norm_layer, LayerNorm2d) and not norm_first)
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=dilation * (kernel_size - 1) // 2, dilation=dilation, groups=groups, bias=bias)
+                         padding=padding, dilation=dilation, groups=groups, bias=bias)
         self.norm = norm_layer
         self.norm_first = norm_first
         weight_init.c2_msra_fill(self)
@@ -124,10 +144,22 @@ class DeformConvNorm(ConvNorm):
 
 def conv_norm(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
               groups: int = 1, norm: NormSpec = "BN", norm_first: bool = False,
-              bias: Optional[bool] = None) -> ConvNorm:
+              bias: Optional[bool] = None, padding: Optional[int] = None) -> ConvNorm:
     """A ``kernel_size`` convolution with 'same' padding and its norm (see :class:`ConvNorm`)."""
     return ConvNorm(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, groups=groups,
-                    norm=norm, norm_first=norm_first, bias=bias)
+                    norm=norm, norm_first=norm_first, bias=bias, padding=padding)
+
+
+class PatchDownsample(ConvNorm):
+    """ConvNeXt's separate downsampling layer: ``conv(norm(x))``, a ``stride x stride`` convolution
+    with stride ``stride`` (patches, no padding) and a bias, after a norm and no activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 2, norm: NormSpec = "LN"):
+        super().__init__(in_channels, out_channels, stride, stride=stride, norm=norm, norm_first=True, bias=True,
+                         padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convolve(x if self.norm is None else self.norm(x))
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .arch import STAGE_NAMES, ResNetArch
 from .blocks import ResidualBlock
-from .layers import batch_norm_buffers, freeze_bn_statistics, freeze_module, get_norm
+from .layers import PatchDownsample, batch_norm_buffers, freeze_bn_statistics, freeze_module, get_norm
 from .stems import Stem
 
 
@@ -51,11 +51,14 @@ class Stage(nn.Module):
         checkpoint: in training, keep only the stage's input and recompute its activations in
             the backward pass (less memory, one more forward; gradients are unchanged).
         norm_eval: keep every BatchNorm of the stage in eval mode, also when the model trains.
+        downsample: a layer run before the blocks, with a ``stride`` (ConvNeXt's separate
+            downsampling, ``<stage>.downsample``).
     """
 
     def __init__(self, blocks: Sequence[nn.Module], *, final_norm: Optional[nn.Module] = None,
-                 checkpoint: bool = False, norm_eval: bool = False):
+                 checkpoint: bool = False, norm_eval: bool = False, downsample: Optional[nn.Module] = None):
         super().__init__()
+        self.downsample = downsample
         for i, block in enumerate(blocks):
             self.add_module(str(i), block)
         self.num_blocks = len(blocks)
@@ -63,8 +66,18 @@ class Stage(nn.Module):
         self.checkpoint = checkpoint
         self.norm_eval = norm_eval
 
+    __jit_unused_properties__ = ["stride"]
+
     def __len__(self) -> int:
         return self.num_blocks
+
+    @property
+    def stride(self) -> int:
+        """The stage's stride: its downsampling layer's and its blocks'."""
+        stride = self.downsample.stride[0] if self.downsample is not None else 1
+        for block in self:
+            stride *= block.stride
+        return stride
 
     def __iter__(self) -> Iterator[nn.Module]:
         return (getattr(self, str(i)) for i in range(self.num_blocks))
@@ -81,9 +94,11 @@ class Stage(nn.Module):
         return self
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
         # named_children, not getattr(self, str(i)): TorchScript unrolls it, with constant names
         for name, block in self.named_children():
-            if name != "norm":
+            if name != "norm" and name != "downsample":
                 x = block(x)
         if self.norm is not None:
             x = F.relu_(self.norm(x))
@@ -140,6 +155,10 @@ def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: Op
     """Stage ``index`` (0 = res2) of ``arch``, taking ``in_channels``."""
     num_blocks = arch.blocks_per_stage[index]
     stride = arch.stage_stride(index) if first_stride is None else first_stride
+    downsample = None
+    if arch.stage_downsample(index):
+        downsample = PatchDownsample(in_channels, arch.stage_out_channels(index), stride=stride, norm=arch.norm)
+        in_channels, stride = arch.stage_out_channels(index), 1
     bottleneck = arch.block_type == "bottleneck"
     dilations = arch.block_dilations(index)
     blocks = make_stage(
@@ -165,11 +184,18 @@ def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: Op
         zero_init_last=arch.zero_init_residual,
         anti_alias=arch.anti_alias,
         eca=arch.eca,
+        depthwise=arch.depthwise,
+        depthwise_first=arch.depthwise_first,
+        kernel_size=arch.kernel_size,
+        activation=arch.activation,
+        single_activation=arch.single_activation,
+        single_norm=arch.single_norm,
+        layer_scale=arch.layer_scale,
     )
     # a pre-activation network's outputs are un-normalised sums; its last stage gets the norm
     final_norm = get_norm(arch.norm, arch.stage_out_channels(index)) if arch.preact and index == 3 else None
     stage = Stage(blocks, final_norm=final_norm, checkpoint=STAGE_NAMES[index] in arch.checkpoint_stages,
-                  norm_eval=arch.norm_eval)
+                  norm_eval=arch.norm_eval, downsample=downsample)
     if arch.channels_last:
         stage.to(memory_format=torch.channels_last)
     return stage
@@ -212,8 +238,7 @@ class ResNet(Backbone):
             stage = blocks if isinstance(blocks, Stage) else Stage(list(blocks))
             self.add_module(name, stage)
             self.stage_names.append(name)
-            for block in stage:
-                stride *= block.stride
+            stride *= stage.stride
             self._out_feature_strides[name] = stride
             self._out_feature_channels[name] = stage[-1].out_channels
         self.stage_names = tuple(self.stage_names)

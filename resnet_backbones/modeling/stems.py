@@ -8,7 +8,7 @@ from torch import nn
 
 from .layers import BlurPool2d, NormSpec, conv_norm
 
-STEM_TYPES = ("basic", "deep", "tiered")
+STEM_TYPES = ("basic", "deep", "tiered", "patchify")
 #: what brings the stem from stride 2 to 4: a 3x3 max pool, or ResNet-RS's strided 3x3 convolution
 STEM_POOLS = ("max", "conv")
 
@@ -22,6 +22,8 @@ class Stem(CNNBlockBase):
     Detectron2's DeepLab stem with ``deep_width = out_channels / 2``).
     ``stem_type="tiered"``: as deep, with the first convolution ``3 * (deep_width // 4)`` wide
     (timm's ``deep_tiered``: 24, 32 and 64 wide in ``resnet50t``).
+    ``stem_type="patchify"`` (ConvNeXt, Swin): one 4x4 stride-4 convolution over non-overlapping
+    patches and its norm; no activation and no pool.
     Convolutions are named ``conv1``, ``conv2``, ``conv3`` so that Detectron2 and DeepLab
     checkpoints load unchanged.
 
@@ -54,16 +56,20 @@ class Stem(CNNBlockBase):
         self.stem_type = stem_type
         self.preact = preact
         last_norm, last_bias = (None, False) if preact else (norm, None)
-        if stem_type == "basic":
+        self.pool_type = "none" if stem_type == "patchify" else pool
+        if stem_type == "patchify":
+            self.conv1 = conv_norm(in_channels, out_channels, 4, stride=4, norm=last_norm, bias=last_bias, padding=0)
+        elif stem_type == "basic":
             self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=last_norm, bias=last_bias)
         else:
             first_width = deep_width // 4 * 3 if stem_type == "tiered" else deep_width
             self.conv1 = conv_norm(in_channels, first_width, 3, stride=2, norm=norm)
             self.conv2 = conv_norm(first_width, deep_width, 3, norm=norm)
             self.conv3 = conv_norm(deep_width, out_channels, 3, norm=last_norm, bias=last_bias)
-        self.pool_type = pool
         self.pool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        if pool == "conv":
+        if stem_type == "patchify":
+            self.pool = nn.Identity()
+        elif pool == "conv":
             self.pool = conv_norm(out_channels, out_channels, 3, stride=2, norm=norm)
         elif anti_alias == "avg":
             self.pool = nn.AvgPool2d(2, 2)
@@ -74,6 +80,8 @@ class Stem(CNNBlockBase):
         x = self.conv1(x)
         if hasattr(self, "conv3"):  # resolved while compiling, for TorchScript
             x = self.conv3(F.relu_(self.conv2(F.relu_(x))))
+        if self.pool_type == "none":  # patchify: the strided convolution and its norm alone
+            return x
         if not self.preact:
             x = F.relu_(x)
         x = self.pool(x)

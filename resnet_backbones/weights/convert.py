@@ -85,6 +85,8 @@ class ConversionReport:
         # facts of the weights only; the detector's choices (outputs, freezing, dilation...) stay the user's
         items = dict(self.arch.weight_config_items())
         items.update(self.convention.config_items())
+        if self.arch.depthwise_first:  # the stride is on the depthwise convolution, whatever the source
+            items["MODEL.RESNETS.STRIDE_IN_1X1"] = False
         return list(items.items())
 
     def transfer_items(self) -> List[Tuple[str, Any]]:
@@ -123,16 +125,19 @@ def _abbreviate(keys: List[str], limit: int = 6) -> str:
 
 # --------------------------------------------------------------------------- inference
 def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool = False,
-               anti_alias: str = "") -> ResNetArch:
+               anti_alias: str = "", activation: str = "relu", single_activation: bool = False) -> ResNetArch:
     """The :class:`ResNetArch` whose body has exactly the keys and shapes of ``state_dict``.
 
     ``state_dict`` uses Detectron2 names, optionally with detector prefixes. Stride placement
     average-pool downsampling and anti-aliasing leave no trace in the weights, so they are given
     (average pooling from the source's naming, ``naming.architecture_hints``; anti-aliasing from a
-    named timm model, ``timm_models``). Inferred: depth (or blocks per stage), groups and width,
-    stem type, widths and pool, pre-activation, shortcut option, SE ratio or ECA, and
+    named timm model, ``timm_models``), and so are the activation and how many a block has
+    (from the naming of timm's ConvNeXt). Inferred: depth (or blocks per stage), groups and width,
+    stem type, widths and pool, pre-activation, shortcut option, SE ratio or ECA,
     deformable stages (DCN v1 or v2, offset groups; an offset width that fits both, such as 54,
-    is read as v2 with a power-of-two group count).
+    is read as v2 with a power-of-two group count), and the ConvNeXt road's depthwise
+    convolutions (first or in the middle), kernel size, single norm, LayerNorm (a norm without
+    statistics after a convolution with a bias), separate downsampling and layer scale.
     """
     body = {bk: v for k, v in state_dict.items() if (bk := body_key(k)) is not None}
     if "stem.conv1.weight" not in body:
@@ -144,7 +149,11 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
             blocks[int(m.group(1))].add(int(m.group(2)))
     counts = tuple(len(blocks[s]) for s in (2, 3, 4, 5) if blocks[s])
     block_type = "bottleneck" if "res2.0.conv3.weight" in body else "basic"
-    _check_regular(body, blocks, block_type)
+    conv1 = body.get("res2.0.conv1.weight")
+    # a depthwise spatial convolution first (ConvNeXt): one input channel per group, wider than 1x1
+    depthwise_first = (block_type == "bottleneck" and conv1 is not None and conv1.shape[1] == 1
+                       and tuple(conv1.shape[2:]) != (1, 1))
+    _check_regular(body, blocks, block_type, "conv2" if depthwise_first else "conv1")
     depths = [d for d, (t, n) in DEPTHS.items() if t == block_type and n[: len(counts)] == counts]
     num_blocks: Tuple[int, ...] = ()
     if not depths and len(counts) == 4:
@@ -160,14 +169,24 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
     stem_out = body[f"{stem_last}.weight"].shape[0]
     last_conv = "conv3" if block_type == "bottleneck" else "conv2"
     conv2 = body["res2.0.conv2.weight"]
+    stages = [s for s in (2, 3, 4, 5) if blocks[s]]
     width, in_group = conv2.shape[0], conv2.shape[1]
-    num_groups = width // in_group if block_type == "bottleneck" else 1
+    spatial = conv1 if depthwise_first or block_type == "basic" else conv2
+    depthwise = depthwise_first or (block_type == "bottleneck" and width > 1 and all(
+        body[f"res{s}.0.conv2.weight"].shape[1] == 1 for s in stages))
+    num_groups = width // in_group if block_type == "bottleneck" and not depthwise else 1
     res2_out = body[f"res2.0.{last_conv}.weight"].shape[0]
     norm_weights = sorted(k for k in body if k.endswith(".norm.weight"))
     norm = ""
     if norm_weights:
         norm = "FrozenBN" if norm_weights[0][: -len("weight")] + "running_var" in body else "GN"
-    stages = [s for s in (2, 3, 4, 5) if blocks[s]]
+        # batch and group norms cancel a bias before them, a LayerNorm does not: a biased
+        # convolution before a norm without statistics means LayerNorm (ConvNeXt)
+        if norm == "GN" and any(k[: -len("norm.weight")] + "bias" in body for k in norm_weights
+                                if ".downsample." not in k):
+            norm = "LN"
+    single_norm = bool(norm_weights) and block_type == "bottleneck" and "res2.0.conv2.norm.weight" not in body \
+        and "res2.0.conv1.norm.weight" in body
     modulated, offset_groups = _infer_deform(body, stages)
     stem_type, stem_width = "basic", ResNetArch.stem_width
     if deep_stem:
@@ -176,26 +195,38 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
         if stem_type == "tiered" and first != second // 4 * 3:
             raise WeightsError(f"a deep stem {first} then {second} wide is neither deep (equal widths) nor "
                                f"tiered (the first 3/4 of the second, as timm's deep_tiered)")
+    separate = any(f"res{s}.downsample.weight" in body for s in stages)
     return ResNetArch(
+        depthwise=depthwise,
+        depthwise_first=depthwise_first,
+        kernel_size=spatial.shape[2],
+        activation=activation,
+        single_activation=single_activation,
+        single_norm=single_norm,
+        downsample="separate" if separate else "block",
+        # the initial value is not in the weights; any positive one builds the same tensors
+        layer_scale=1e-6 if "res2.0.layer_scale" in body else 0.0,
         depth=depths[0],
         num_blocks=num_blocks,
         out_features=tuple(f"res{s}" for s in stages),
         norm=norm,
         num_groups=num_groups,
         width_per_group=width // num_groups if block_type == "bottleneck" else 64,
-        stride_in_1x1=stride_in_1x1,
+        # a block whose depthwise convolution comes first strides there
+        stride_in_1x1=stride_in_1x1 and not depthwise_first,
         stem_out_channels=stem_out,
         res2_out_channels=res2_out,
         freeze_at=0,
         in_channels=body["stem.conv1.weight"].shape[1],
-        stem_type=stem_type,
+        stem_type="patchify" if not deep_stem and tuple(body["stem.conv1.weight"].shape[2:]) == (4, 4) else stem_type,
         stem_width=stem_width,
         stem_pool="conv" if "stem.pool.weight" in body else "max",
         anti_alias=anti_alias,
         eca="res2.0.eca.conv.weight" in body,
         # a pre-activation stem leaves its output to the first block's norm
         preact=bool(norm_weights) and f"{stem_last}.norm.weight" not in body,
-        shortcut=_infer_shortcut(body, blocks, stem_out != res2_out),
+        # separately downsampled stages keep their shape in every block: identities (option B)
+        shortcut="B" if separate else _infer_shortcut(body, blocks, stem_out != res2_out),
         avg_down=avg_down,
         se_ratio=_infer_se_ratio(body, stages),
         deform_on_per_stage=tuple(f"res{s}.0.conv2_offset.weight" in body for s in (2, 3, 4, 5)),
@@ -204,15 +235,15 @@ def infer_arch(state_dict: Dict[str, Any], stride_in_1x1: bool, avg_down: bool =
     ).validated()
 
 
-def _check_regular(body: Dict[str, Any], blocks: Dict[int, set], block_type: str) -> None:
+def _check_regular(body: Dict[str, Any], blocks: Dict[int, set], block_type: str, width_conv: str = "conv1") -> None:
     """Refuse, by name, trunks that one ``ResNetArch`` cannot describe."""
     mixed = [f"res{s}" for s in blocks if blocks[s] and (f"res{s}.0.conv3.weight" in body) != (block_type == "bottleneck")]
     if mixed:
         raise WeightsError(f"{', '.join(mixed)} and res2 have different block types (basic and bottleneck mixed, as "
                            "timm's test_resnet); one block type per network is supported")
     for stage in sorted(blocks):
-        widths = {tuple(body[f"res{stage}.{b}.conv1.weight"].shape[:1]) for b in blocks[stage]
-                  if f"res{stage}.{b}.conv1.weight" in body}
+        widths = {tuple(body[f"res{stage}.{b}.{width_conv}.weight"].shape[:1]) for b in blocks[stage]
+                  if f"res{stage}.{b}.{width_conv}.weight" in body}
         if len(widths) > 1:
             raise WeightsError(f"res{stage}'s blocks have different widths {sorted(w[0] for w in widths)} (a pruned "
                                "network, as timm's *_pruned); one width per stage is supported")

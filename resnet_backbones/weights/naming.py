@@ -72,6 +72,27 @@ def _resnetv2_rules() -> List[Tuple[str, str]]:
     ]
 
 
+def _convnext_rules() -> List[Tuple[str, str]]:
+    # timm's ConvNeXt: the block's depthwise conv_dw and its norm are our conv1, the MLP's fc1/fc2
+    # (Linear, or 1x1 convolutions with conv_mlp) conv2/conv3, gamma the layer scale; a stage's
+    # downsample (norm, 2x2 conv) is our separate downsampling layer
+    return [
+        (r"^stem\.0\.(weight|bias)$", r"stem.conv1.\1"),
+        (r"^stem\.1\.(weight|bias)$", r"stem.conv1.norm.\1"),
+        (r"^stages\.([0-3])\.downsample\.0\.(weight|bias)$", r"stage<\1>.downsample.norm.\2"),
+        (r"^stages\.([0-3])\.downsample\.1\.(weight|bias)$", r"stage<\1>.downsample.\2"),
+        (r"^stages\.([0-3])\.blocks\.(\d+)\.conv_dw\.(weight|bias)$", r"stage<\1>.\2.conv1.\3"),
+        (r"^stages\.([0-3])\.blocks\.(\d+)\.norm\.(weight|bias)$", r"stage<\1>.\2.conv1.norm.\3"),
+        (r"^stages\.([0-3])\.blocks\.(\d+)\.mlp\.fc1\.(weight|bias)$", r"stage<\1>.\2.conv2.\3"),
+        (r"^stages\.([0-3])\.blocks\.(\d+)\.mlp\.fc2\.(weight|bias)$", r"stage<\1>.\2.conv3.\3"),
+        (r"^stages\.([0-3])\.blocks\.(\d+)\.gamma$", r"stage<\1>.\2.layer_scale"),
+    ]
+
+
+def _is_convnext(keys: Iterable[str]) -> bool:
+    return any(re.match(r"stages\.[0-3]\.blocks\.\d+\.conv_dw\.", k) for k in keys)
+
+
 def _is_resnetv2(keys: Iterable[str]) -> bool:
     return any(k.startswith("stages.") for k in keys)
 
@@ -99,6 +120,10 @@ def architecture_hints(keys: Iterable[str], source: str) -> Tuple[Dict[str, bool
     for pattern, what in _UNSUPPORTED_TIMM:
         if any(re.search(pattern, k) for k in keys):
             raise ValueError(f"{what} is not supported")
+    if _is_convnext(keys):
+        # every timm ConvNeXt has GELU between the two 1x1 layers and no other activation
+        return {"activation": "gelu", "single_activation": True}, [
+            "timm ConvNeXt: GELU, one activation per block (activations leave no trace in the weights)"]
     if not _is_resnetv2(keys):
         return {"avg_down": any(".downsample.2." in k for k in keys)}, []
     has_running_stats = any(k.endswith(".running_var") for k in keys)
@@ -116,9 +141,11 @@ def architecture_hints(keys: Iterable[str], source: str) -> Tuple[Dict[str, bool
 _UNSUPPORTED_TIMM = (
     (r"\.norm\d\.v$", "timm's EvoNorm (resnetv2_50d_evos: norm layers with a 'v' parameter)"),
     (r"\.norm\d\.tau$", "timm's FilterResponseNorm (resnetv2_50d_frn: norm layers with a 'tau' parameter)"),
+    (r"\.mlp\.grn\.", "timm's ConvNeXt V2 (Global Response Norm in the MLP: mlp.grn)"),
 )
 
-CLASSIFIER_PREFIXES = ("fc.", "linear.", "head.", "classifier.")
+#: classifier heads; timm ConvNeXt's norm_pre is the head's norm before pooling (head_norm_first)
+CLASSIFIER_PREFIXES = ("fc.", "linear.", "head.", "classifier.", "norm_pre.")
 
 
 def rename_state_dict(state_dict: Dict, source: str) -> Tuple[Dict, List[str], List[str]]:
@@ -133,7 +160,10 @@ def rename_state_dict(state_dict: Dict, source: str) -> Tuple[Dict, List[str], L
     renamed, dropped, unplaced = {}, [], []
     if source == "caffe2":
         return _rename_caffe2(state_dict)
-    if _is_resnetv2(state_dict):
+    convnext = _is_convnext(state_dict)
+    if convnext:
+        rules = _convnext_rules()
+    elif _is_resnetv2(state_dict):
         rules = _resnetv2_rules()
     else:
         rules = _torchvision_rules(deep_stem="conv1.0.weight" in state_dict,
@@ -148,8 +178,10 @@ def rename_state_dict(state_dict: Dict, source: str) -> Tuple[Dict, List[str], L
         new = _rename(key, rules)
         if new is None:
             unplaced.append(key)
-        else:
-            renamed[new] = value
+            continue
+        if convnext and len(value.shape) == 2:  # a Linear MLP layer is a 1x1 convolution here
+            value = value.reshape(*value.shape, 1, 1)
+        renamed[new] = value
     return renamed, dropped, unplaced
 
 

@@ -26,9 +26,9 @@ from .naming import BACKBONE_PREFIXES, summarize_keys
 DETECTOR_PREFIXES = tuple(p for p in BACKBONE_PREFIXES if p.startswith("backbone"))
 
 #: a trunk's stem convolution, relative to the trunk's prefix (torchvision/timm, timm deep stem,
-#: Detectron2, timm ResNetV2, Caffe2)
+#: Detectron2, timm ResNetV2, Caffe2, timm ConvNeXt)
 _STEM_ANCHOR = re.compile(r"^(conv1\.weight|conv1\.0\.weight|stem\.conv1\.weight|stem\.conv\.weight|conv1_w|"
-                          r"0\.weight)$")
+                          r"0\.weight|stem\.0\.weight)$")
 #: a first stage, relative to the trunk's prefix
 _FIRST_STAGES = ("layer1.0.", "res2.0.", "stages.0.", "res2_0_", "4.0.conv1.")
 #: a torchvision ResNet's children as an ``nn.Sequential`` (``nn.Sequential(*list(resnet.children())[:-1])``,
@@ -196,7 +196,7 @@ def unwrap_checkpoint(obj: Any, path: Any = "<checkpoint>", prefix: Optional[str
     if not encoders:
         raise WeightsError(
             f"{path}: no ResNet trunk found: looked for a stem convolution (conv1.weight, conv1.0.weight, "
-            f"stem.conv1.weight, stem.conv.weight or conv1_w) beside a first stage ({', '.join(_FIRST_STAGES)}) "
+            f"stem.conv1.weight, stem.conv.weight, stem.0.weight or conv1_w) beside a first stage ({', '.join(_FIRST_STAGES)}) "
             f"under any prefix{f' in its {container!r} entry' if container else ''}; "
             f"the file holds {summarize_keys(sorted(tensors) or sorted(map(str, obj)))}")
     chosen, notes, others = _choose(encoders, tensors, path, prefix)
