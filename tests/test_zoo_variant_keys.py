@@ -42,7 +42,7 @@ def test_num_blocks_builds_any_depth(depth, blocks, block_type):
     (dict(depth=270, num_blocks=[4, 29, 53, 4]),
      "MODEL.RESNETS.DEPTH = 270 cannot be combined with MODEL.RESNETS.NUM_BLOCKS = [4, 29, 53, 4]: DEPTH counts "
      "the layers, 2 + 2 per basic block (182) or 2 + 3 per bottleneck block (272)"),
-    (dict(depth=50, num_blocks=[3, 4, 6]), "MODEL.RESNETS.NUM_BLOCKS = [3, 4, 6] is not allowed"),
+    (dict(depth=50, num_blocks=[3, 4]), "MODEL.RESNETS.NUM_BLOCKS = [3, 4] is not allowed"),  # 3: CIFAR
     (dict(depth=77), "MODEL.RESNETS.DEPTH = 77 is not allowed: one of [18, 34, 50, 101, 152, 200], or any depth "
                      "with MODEL.RESNETS.NUM_BLOCKS"),
     (dict(eca=True, se_ratio=0.25), "MODEL.RESNETS.ECA = True cannot be combined with MODEL.RESNETS.SE_RATIO"),

@@ -112,6 +112,11 @@ _POST_ACTIVATION_ONLY = ("depthwise_first", "single_activation", "single_norm", 
 #: conv layers per block: a depth is 2 (stem conv, classifier) plus this times the blocks
 _LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 
+#: a three-stage body (``NUM_BLOCKS`` of three: res2..res4, the CIFAR networks) may also be
+#: named as wide ResNets are: WRN-d-k has d = 4 + 2 per basic block (its count includes the
+#: three 1x1 projections), so WRN-40-4 is NUM_BLOCKS [6, 6, 6]
+_WRN_EXTRA_LAYERS = 2
+
 
 @dataclass
 class ResNetArch:
@@ -279,8 +284,16 @@ class ResNetArch:
         """``basic`` or ``bottleneck``: the depth table's, or with ``NUM_BLOCKS`` the type whose
         layer count (2 + 2 or 3 per block) is ``DEPTH``."""
         if self.num_blocks:
-            return next(t for t, k in _LAYERS_PER_BLOCK.items() if 2 + k * sum(self.num_blocks) == self.depth)
+            return next(t for t, depths in self._depths_of_blocks().items() if self.depth in depths)
         return DEPTHS[self.depth][0]
+
+    def _depths_of_blocks(self) -> Dict[str, Tuple[int, ...]]:
+        """Block type -> the depths that name ``NUM_BLOCKS`` with it."""
+        total = sum(self.num_blocks)
+        depths = {t: (2 + k * total,) for t, k in _LAYERS_PER_BLOCK.items()}
+        if len(self.num_blocks) == 3:
+            depths["basic"] += (2 + _WRN_EXTRA_LAYERS + 2 * total,)
+        return depths
 
     @property
     def blocks_per_stage(self) -> Tuple[int, ...]:
@@ -359,6 +372,7 @@ class ResNetArch:
         if unknown or not self.out_features:
             raise _bad(k["out_features"], list(self.out_features),
                        f"a non-empty list of names from {list(FEATURE_NAMES)}; unknown: {unknown}")
+        self._check_stage_count()
         if self.norm not in NORM_NAMES:
             raise _bad(k["norm"], self.norm, f"one of {list(NORM_NAMES)}")
         if not 0 <= self.freeze_at <= 5:
@@ -396,14 +410,32 @@ class ResNetArch:
                 raise _bad(k["depth"], self.depth, f"one of {sorted(DEPTHS)}, or any depth with "
                            f"{k['num_blocks']} (blocks per stage res2..res5)")
             return
-        if len(blocks) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in blocks):
-            raise _bad(k["num_blocks"], list(blocks), "[] (from DEPTH) or four positive integers, "
-                       "the blocks of res2..res5")
-        layers = {t: 2 + n * sum(blocks) for t, n in _LAYERS_PER_BLOCK.items()}
-        if self.depth not in layers.values():
+        if len(blocks) not in (3, 4) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                                for n in blocks):
+            raise _bad(k["num_blocks"], list(blocks), "[] (from DEPTH), four positive integers (the blocks of "
+                       "res2..res5) or three (res2..res4: a CIFAR body)")
+        layers = self._depths_of_blocks()
+        if not any(self.depth in depths for depths in layers.values()):
+            wide = (f", or, with three stages, 4 + 2 per basic block (WRN-d-k: {layers['basic'][-1]})"
+                    if len(blocks) == 3 else "")
             raise _conflict(k["depth"], self.depth, k["num_blocks"], list(blocks),
-                            f"DEPTH counts the layers, 2 + 2 per basic block ({layers['basic']}) or 2 + 3 per "
-                            f"bottleneck block ({layers['bottleneck']}), and so chooses the block type")
+                            f"DEPTH counts the layers, 2 + 2 per basic block ({layers['basic'][0]}) or 2 + 3 per "
+                            f"bottleneck block ({layers['bottleneck'][0]}){wide}, and so chooses the block type")
+
+    def _check_stage_count(self) -> None:
+        """A three-stage body (CIFAR) has no res5: nothing may ask for it or dilate it."""
+        k, stages = self.KEYS, len(self.blocks_per_stage)
+        if stages == 4:
+            return
+        beyond = [f for f in self.out_features if FEATURE_NAMES.index(f) > stages]
+        if beyond:
+            raise _conflict(k["out_features"], list(self.out_features), k["num_blocks"], list(self.num_blocks),
+                            f"the body has {stages} stages, {list(STAGE_NAMES[:stages])}; no {beyond}")
+        for name, default in (("output_stride", 32), ("res5_dilation", 1), ("res5_multi_grid", (1, 1, 1))):
+            if getattr(self, name) != default:
+                value = getattr(self, name)
+                raise _conflict(k[name], list(value) if isinstance(value, tuple) else value, k["num_blocks"],
+                                list(self.num_blocks), "it dilates res5, and a three-stage body has none")
 
     def _check_anti_alias(self) -> None:
         k = self.KEYS
@@ -438,8 +470,9 @@ class ResNetArch:
         if self.width_per_group != 64:
             raise _conflict(k["width_per_group"], self.width_per_group, k["depth"], self.depth,
                             f"{why}, whose width is RES2_OUT_CHANNELS; set it to 64")
-        if self.res2_out_channels != 64:
-            raise _bad(k["res2_out_channels"], self.res2_out_channels, f"64: {why}, whose res2 has 64 channels")
+        if self.res2_out_channels != 64 and self.stem_type != "cifar":  # CIFAR bodies are 16 (or 16k) wide
+            raise _bad(k["res2_out_channels"], self.res2_out_channels, f"64: {why}, whose res2 has 64 channels "
+                       "(any width with STEM_TYPE 'cifar')")
 
     def _check_group_norm_divides(self) -> None:
         widths = {self.KEYS["stem_out_channels"]: self.stem_out_channels,
@@ -464,21 +497,26 @@ class ResNetArch:
             hint = (" (Detectron2's DeepLab 'deeplab' stem is STEM_TYPE 'deep' with STEM_WIDTH = "
                     "STEM_OUT_CHANNELS / 2, or PRESET 'deeplab_stem')" if self.stem_type == "deeplab" else "")
             raise _bad(k["stem_type"], self.stem_type, f"one of {list(STEM_TYPES)}{hint}")
-        if self.stem_type in ("basic", "patchify") and self.stem_width != ResNetArch.stem_width:
+        if self.stem_type in ("basic", "patchify", "cifar") and self.stem_width != ResNetArch.stem_width:
             raise _conflict(k["stem_width"], self.stem_width, k["stem_type"], self.stem_type,
-                            "STEM_WIDTH is the inner width of the deep stem; the basic and patchify stems "
-                            "have one convolution, STEM_OUT_CHANNELS wide")
-        if self.stem_type == "patchify" and (self.stem_pool != "max" or self.anti_alias):
-            key, value = (k["stem_pool"], self.stem_pool) if self.stem_pool != "max" else (k["anti_alias"], self.anti_alias)
-            raise _conflict(key, value, k["stem_type"], "patchify",
-                            "the patchify stem has no pool: its 4x4 stride-4 convolution reaches stride 4 alone")
+                            f"STEM_WIDTH is the inner width of the deep stem; the {self.stem_type} stem has one "
+                            "convolution, STEM_OUT_CHANNELS wide")
+        if self.stem_type in ("patchify", "cifar"):
+            reaches = ("its 4x4 stride-4 convolution reaches stride 4 alone" if self.stem_type == "patchify"
+                       else "the CIFAR stem (one 3x3 convolution at stride 1) has no pool to replace")
+            for name, default in (("stem_pool", "max"), ("anti_alias", "")):
+                if getattr(self, name) != default:
+                    raise _conflict(k[name], getattr(self, name), k["stem_type"], self.stem_type,
+                                    f"the {self.stem_type} stem has no pool: {reaches}")
 
     def _check_shortcut(self) -> None:
         k = self.KEYS
         if self.shortcut not in SHORTCUT_TYPES:
             raise _bad(k["shortcut"], self.shortcut,
-                       "'A' (identity, zero-padded channels), 'B' (projection where the shape changes) "
-                       "or 'C' (projection in every block)")
+                       "'A' (identity, zero-padded channels), 'B' (projection where the shape changes), "
+                       "'C' (projection in every block) or 'none' (no shortcut: the paper's plain network)")
+        if self.shortcut == "none":
+            self._check_plain()
         if self.shortcut == "A" and self.avg_down:
             raise _conflict(k["avg_down"], self.avg_down, k["shortcut"], self.shortcut,
                             "AVG_DOWN changes the projection shortcut, and option A has none")
@@ -487,6 +525,17 @@ class ResNetArch:
                 f"{k['shortcut']} = 'A' cannot be combined with {k['stem_out_channels']} = "
                 f"{self.stem_out_channels} and {k['res2_out_channels']} = {self.res2_out_channels}: "
                 "option A pads channels with zeros, so no shortcut may reduce them")
+
+    def _check_plain(self) -> None:
+        k = self.KEYS
+        # each of these acts through the shortcut, and without one it silences the network
+        for name, why in (("avg_down", "AVG_DOWN changes the projection shortcut, and a plain network has none"),
+                          ("zero_init_residual", "a zero last norm makes a block the identity through its "
+                           "shortcut; without one the network would output zeros"),
+                          ("drop_path_rate", "dropping a block's branch leaves its shortcut; without one the "
+                           "sample's features would be zeros")):
+            if getattr(self, name):
+                raise _conflict(k[name], getattr(self, name), k["shortcut"], self.shortcut, why)
 
     def _check_squeeze_excite(self) -> None:
         ratio = self.se_ratio
@@ -525,7 +574,7 @@ class ResNetArch:
             raise _bad(k["dilation_mode"], self.dilation_mode,
                        "'detectron2' (a dilated stage's first block takes its dilation) or 'torchvision' "
                        "(it keeps the previous one)")
-        grid, blocks = self.res5_multi_grid, self.blocks_per_stage[3]
+        grid, blocks = self.res5_multi_grid, self.blocks_per_stage[-1]
         valid = all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)
         if not valid or not grid or (self.has_multi_grid and len(grid) != blocks):
             raise _bad(k["res5_multi_grid"], list(grid),

@@ -24,8 +24,8 @@ from .layers import (DeformConvNorm, EfficientChannelAttention, NormSpec, Squeez
                      drop_path)
 
 #: the paper's shortcut options: A identity with zero-padded channels, B projection where the
-#: shape changes, C projection everywhere
-SHORTCUT_TYPES = ("A", "B", "C")
+#: shape changes, C projection everywhere; "none" the paper's plain network (no shortcut, no sum)
+SHORTCUT_TYPES = ("A", "B", "C", "none")
 #: activations of the branch (and after the sum): ResNet's ReLU or ConvNeXt's GELU
 ACTIVATIONS = ("relu", "gelu")
 
@@ -48,7 +48,8 @@ class ResidualBlock(CNNBlockBase):
         norm: normalization of each convolution (a name or a callable of channels).
         shortcut_type: ``"B"`` projection (1x1 conv and norm) where the shape changes, identity
             elsewhere; ``"A"`` no parameters: identity, subsampled by the stride, with zero channels
-            appended; ``"C"`` a projection in every block.
+            appended; ``"C"`` a projection in every block; ``"none"`` no shortcut at all: the block
+            is ``relu(branch(x))``, a layer pair of the paper's plain networks.
         avg_down: projection shortcuts average-pool by the stride, then apply a stride-1
             1x1 convolution (ResNet-D), instead of a strided 1x1 convolution that skips 3/4 of
             the input.
@@ -135,6 +136,7 @@ class ResidualBlock(CNNBlockBase):
             raise ValueError("anti-aliasing needs a post-activation block with its stride on a plain 3x3")
         conv_stride = 1 if use_aa else stride
 
+        self.has_shortcut = shortcut_type != "none"
         self._build_shortcut(in_channels, out_channels, stride, norm, shortcut_type, avg_down, preact)
 
         self.conv2_offset = None
@@ -254,6 +256,8 @@ class ResidualBlock(CNNBlockBase):
             out = self.eca(out)
         if self.layer_scale is not None:
             out = out * self.layer_scale.view(1, -1, 1, 1)
+        if not self.has_shortcut:  # a plain network's layers: nothing to add
+            return out if self.preact or self.single_activation else self._activate(out)
         out = drop_path(out, self.drop_path_rate, self.training)
         shortcut = self._shortcut(shortcut_input)
         if out.dtype == shortcut.dtype:

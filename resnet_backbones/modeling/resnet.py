@@ -193,7 +193,8 @@ def build_stage(arch: ResNetArch, index: int, in_channels: int, first_stride: Op
         layer_scale=arch.layer_scale,
     )
     # a pre-activation network's outputs are un-normalised sums; its last stage gets the norm
-    final_norm = get_norm(arch.norm, arch.stage_out_channels(index)) if arch.preact and index == 3 else None
+    last = index == len(arch.blocks_per_stage) - 1
+    final_norm = get_norm(arch.norm, arch.stage_out_channels(index)) if arch.preact and last else None
     stage = Stage(blocks, final_norm=final_norm, checkpoint=STAGE_NAMES[index] in arch.checkpoint_stages,
                   norm_eval=arch.norm_eval, downsample=downsample)
     if arch.channels_last:

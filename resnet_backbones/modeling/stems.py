@@ -8,7 +8,7 @@ from torch import nn
 
 from .layers import BlurPool2d, NormSpec, conv_norm
 
-STEM_TYPES = ("basic", "deep", "tiered", "patchify")
+STEM_TYPES = ("basic", "deep", "tiered", "patchify", "cifar")
 #: what brings the stem from stride 2 to 4: a 3x3 max pool, or ResNet-RS's strided 3x3 convolution
 STEM_POOLS = ("max", "conv")
 
@@ -20,6 +20,8 @@ class Stem(CNNBlockBase):
     ``stem_type="deep"``: three 3x3 convolutions, the first with stride 2, the inner ones
     ``deep_width`` wide (ResNet-C; timm's ``stem_type='deep'`` with ``deep_width=32``,
     Detectron2's DeepLab stem with ``deep_width = out_channels / 2``).
+    ``stem_type="cifar"``: one 3x3 stride-1 convolution and no pool (total stride 1), the stem
+    of the paper's CIFAR-10 networks, of pre-activation ResNets and of wide ResNets on 32x32 images.
     ``stem_type="tiered"``: as deep, with the first convolution ``3 * (deep_width // 4)`` wide
     (timm's ``deep_tiered``: 24, 32 and 64 wide in ``resnet50t``).
     ``stem_type="patchify"`` (ConvNeXt, Swin): one 4x4 stride-4 convolution over non-overlapping
@@ -48,7 +50,7 @@ class Stem(CNNBlockBase):
         pool: str = "max",
         anti_alias: str = "",
     ):
-        super().__init__(in_channels, out_channels, stride=4)
+        super().__init__(in_channels, out_channels, stride=1 if stem_type == "cifar" else 4)
         if stem_type not in STEM_TYPES:
             raise ValueError(f"stem_type={stem_type!r}: expected one of {STEM_TYPES}")
         if pool not in STEM_POOLS:
@@ -61,13 +63,15 @@ class Stem(CNNBlockBase):
             self.conv1 = conv_norm(in_channels, out_channels, 4, stride=4, norm=last_norm, bias=last_bias, padding=0)
         elif stem_type == "basic":
             self.conv1 = conv_norm(in_channels, out_channels, 7, stride=2, norm=last_norm, bias=last_bias)
+        elif stem_type == "cifar":
+            self.conv1 = conv_norm(in_channels, out_channels, 3, norm=last_norm, bias=last_bias)
         else:
             first_width = deep_width // 4 * 3 if stem_type == "tiered" else deep_width
             self.conv1 = conv_norm(in_channels, first_width, 3, stride=2, norm=norm)
             self.conv2 = conv_norm(first_width, deep_width, 3, norm=norm)
             self.conv3 = conv_norm(deep_width, out_channels, 3, norm=last_norm, bias=last_bias)
         self.pool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        if stem_type == "patchify":
+        if stem_type in ("patchify", "cifar"):
             self.pool = nn.Identity()
         elif pool == "conv":
             self.pool = conv_norm(out_channels, out_channels, 3, stride=2, norm=norm)

@@ -33,10 +33,12 @@ class ImageNetClassifier(nn.Module):
 
     def __init__(self, arch: ResNetArch, num_classes: int, pixel_mean, pixel_std):
         super().__init__()
-        # all four stages are outputs so that ``backbone(x)`` gives res2..res5 as in a detector;
-        # the head reads res5
-        self.backbone = ResNet.from_arch(arch.replace(out_features=STAGE_NAMES))
-        self.head = ClassifierHead(self.backbone.output_shape()["res5"].channels, num_classes)
+        # every stage is an output so that ``backbone(x)`` gives res2..res5 as in a detector;
+        # the head reads the last (res5, or res4 of a three-stage CIFAR body)
+        stages = STAGE_NAMES[:len(arch.blocks_per_stage)]
+        self.last_stage = stages[-1]
+        self.backbone = ResNet.from_arch(arch.replace(out_features=stages))
+        self.head = ClassifierHead(self.backbone.output_shape()[self.last_stage].channels, num_classes)
         # not persistent: the convention travels in the checkpoint's metadata, not as weights
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
@@ -49,4 +51,4 @@ class ImageNetClassifier(nn.Module):
         return (images.float() - self.pixel_mean) / self.pixel_std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(self.normalize(images))["res5"])
+        return self.head(self.backbone(self.normalize(images))[self.last_stage])
