@@ -32,6 +32,12 @@ def started_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def restarted_by_torchrun() -> bool:
+    """Whether ``torchrun --max-restarts N`` has restarted the workers after one of them died;
+    the restarted run must continue from its last checkpoint, not start over."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
 def _create_local_process_group(num_per_machine: int) -> None:
     """The per-machine group ``comm.get_local_rank()`` relies on (only Detectron2's launch sets it)."""
     if hasattr(comm, "create_local_process_group"):  # detectron2 main
