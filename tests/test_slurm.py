@@ -65,7 +65,8 @@ def wait_for(condition, job, what: str, timeout: float = 240) -> None:
 
 
 def job_log(out: Path) -> str:
-    return "".join(p.read_text() for p in sorted((out / slurm.SUBMITIT_FOLDER).glob("*_0_log.out")))
+    """Task 0's stdout and stderr (the training loggers write to the latter)."""
+    return "".join(p.read_text() for p in sorted((out / slurm.SUBMITIT_FOLDER).glob("*_0_log.*")))
 
 
 # --------------------------------------------------------------------------- the sbatch script

@@ -200,19 +200,36 @@ def resumable_sampler(data_loader) -> Optional[ResumableSampler]:
     return None
 
 
-def restart_data_stream(step, state: Dict[str, int]) -> bool:
-    """Position the sampler of ``step`` (a ``SimpleTrainer``) and start its data iterator anew."""
-    sampler = resumable_sampler(step.data_loader)
-    if sampler is None:
+def restart_data_stream(step, data_state: Dict[str, int], rng: Optional[Dict[str, Any]] = None) -> None:
+    """Position the sampler of ``step`` (a ``SimpleTrainer``), start its data iterator anew and
+    set the random state ``rng`` as it was after the checkpoint's iteration.
+
+    The torch state is set once the first batch is fetched: starting a ``DataLoader`` iterator
+    draws its base seed from it, which the uninterrupted run did at its first iteration, not here.
+    """
+    sampler = resumable_sampler(step.data_loader) if data_state else None
+    if sampler is not None:
+        sampler.load_state_dict(data_state)
+    elif data_state:
         logger.warning("The training data loader has no seeded sampler: the resumed run starts its data "
                        "stream over (as Detectron2 does)")
-        return False
-    sampler.load_state_dict(state)
-    if hasattr(step, "_data_loader_iter_obj"):  # detectron2 main: created on first use
-        step._data_loader_iter_obj = None
-    else:  # v0.6: created in __init__ (workers, if any, have copied the old sampler)
-        step._data_loader_iter = iter(step.data_loader)
-    return True
+    if rng is not None:
+        set_rng_state(rng)  # NumPy and Python: the mappers' augmentations draw from them
+    iterator = _then_set_torch_rng(iter(step.data_loader), rng)
+    if hasattr(step, "_data_loader_iter_obj"):  # detectron2 main
+        step._data_loader_iter_obj = iterator
+    else:  # v0.6 (workers, if any, copied the old sampler when its iterator was made)
+        step._data_loader_iter = iterator
+
+
+def _then_set_torch_rng(iterator, rng: Optional[Dict[str, Any]]):
+    first = next(iterator)
+    if rng is not None:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    yield first
+    yield from iterator
 
 
 # --------------------------------------------------------------------------- detection training
@@ -243,10 +260,3 @@ def gather_rng_states() -> List[Dict[str, Any]]:
     if comm.get_world_size() == 1:
         return [rng_state()]
     return comm.all_gather(rng_state())
-
-
-def restore_rng_states(states: Sequence[Dict[str, Any]], rank: int) -> bool:
-    if rank < len(states):
-        set_rng_state(states[rank])
-        return True
-    return False

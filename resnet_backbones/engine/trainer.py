@@ -33,7 +33,7 @@ from ..data.datasets import FileNamingDatasetMapper
 from ..evaluation import FastCOCOEvaluator
 from ..weights.checkpoint import BackboneCheckpointer
 from .launch import wrap_distributed
-from .preemption import PreemptionCheckpointer, resumable_sampler, restart_data_stream, restore_rng_states, rng_state
+from .preemption import PreemptionCheckpointer, resumable_sampler, restart_data_stream, rng_state
 from .segmentation import (SEGMENTATION_ARCHITECTURES, build_lr_scheduler, build_segmentation_evaluator,
                            is_semantic_segmentor, sem_seg_train_augmentations)
 
@@ -251,9 +251,9 @@ class Trainer(DefaultTrainer):
         self._resume_state = None
         super().resume_or_load(resume=resume)
         if resume and self._resume_state:
-            if self._resume_state["data"]:
-                restart_data_stream(self._trainer, self._resume_state["data"])
-            restore_rng_states(self._resume_state["rng"], comm.get_rank())
+            states = self._resume_state["rng"]
+            restart_data_stream(self._trainer, self._resume_state["data"],
+                                states[comm.get_rank()] if comm.get_rank() < len(states) else None)
 
     def build_hooks(self):
         built = super().build_hooks()
