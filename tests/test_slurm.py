@@ -24,9 +24,10 @@ from resnet_backbones.engine.train_net import argument_parser, setup  # noqa: E4
 from resnet_backbones.engine.trainer import Trainer  # noqa: E402
 from resnet_backbones.pretrain import CHECKPOINT_NAME  # noqa: E402
 from resnet_backbones.pretrain.cli import main as pretrain_main  # noqa: E402
+from resnet_backbones.pretrain.engine import Pretrainer  # noqa: E402
 from resnet_backbones.weights import BackboneCheckpointer  # noqa: E402
 from test_pretrain import TINY, read_metrics, subprocess_env  # noqa: E402
-from test_training import DEMO_CONFIG, checkpoint, free_port, small_run  # noqa: E402
+from test_training import DEMO_CONFIG, checkpoint, small_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LAZY_CONFIG = ROOT / "configs" / "new_baselines" / "mask_rcnn_R_50_FPN_100ep_LSJ.py"
@@ -176,7 +177,7 @@ def test_a_signal_during_a_checkpoint_write_or_twice_leaves_a_loadable_last_chec
 
 # --------------------------------------------------------------------------- requeue: pretraining
 def test_preempted_pretraining_requeues_and_ends_where_an_uninterrupted_run_ends(data, tmp_path, job_env):
-    common = ["--config-file", str(TINY), "--data-path", str(data), "--epochs", "2", "MODEL.DEVICE", "cpu"]
+    common = ["--config-file", str(TINY), "--data-path", str(data), "--epochs", "1", "MODEL.DEVICE", "cpu"]
     reference = tmp_path / "reference"
     assert pretrain_main(["--output-dir", str(reference), *common]) == 0
 
@@ -196,18 +197,53 @@ def test_preempted_pretraining_requeues_and_ends_where_an_uninterrupted_run_ends
     assert f"resumed in epoch {epoch} after iteration {iteration} ({batches} of 12 batches done)" in log
     assert 0 < batches < ITERS_PER_EPOCH, "the preemption did not stop the run inside an epoch"
 
+    assert_same_pretraining_end(out, reference, epochs=1)
+
+
+def assert_same_pretraining_end(out: Path, reference: Path, epochs: int) -> None:
+    """The final metrics within 1e-5, and the same iteration, schedule and weights."""
     resumed, expected = read_metrics(out), read_metrics(reference)
-    assert [r["epoch"] for r in resumed] == [1, 2]
+    assert [r["epoch"] for r in resumed] == list(range(1, epochs + 1))
     for a, b in zip(resumed, expected):
         for key in ("train_loss", "top1", "top5", "val_loss", "ema_top1", "ema_top5", "ema_val_loss", "lr",
                     "train_images", "iteration"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     final = torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
     uninterrupted = torch.load(reference / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
-    assert final["iteration"] == uninterrupted["iteration"] == 2 * ITERS_PER_EPOCH
-    assert final["scheduler"] == uninterrupted["scheduler"]
+    assert final["iteration"] == uninterrupted["iteration"] == epochs * ITERS_PER_EPOCH
+    assert final["scheduler"] == uninterrupted["scheduler"] and final["epoch_progress"] == {}
     for key, value in uninterrupted["model"].items():
         torch.testing.assert_close(final["model"][key], value, atol=1e-5, rtol=0, msg=key)
+
+
+def test_pretraining_stopped_by_a_signal_resumes_mid_epoch_exactly(data, tmp_path, monkeypatch):
+    """The same in this process (no job): the signal during iteration 5, every rank's stop after it."""
+    common = ["--config-file", str(TINY), "--data-path", str(data), "--epochs", "1", "MODEL.DEVICE", "cpu"]
+    reference = tmp_path / "reference"
+    assert pretrain_main(["--output-dir", str(reference), *common]) == 0
+
+    step = Pretrainer._step
+
+    def step_then_signal(self, images, targets):
+        loss = step(self, images, targets)
+        if self.iteration == 5:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return loss
+
+    out = tmp_path / "preempted"
+    monkeypatch.setattr(Pretrainer, "_step", step_then_signal)
+    preemption.install(["USR1"])
+    try:
+        with pytest.raises(preemption.Preempted, match=r"in epoch 1 after iteration 5 \(5 of 12 batches\)"):
+            pretrain_main(["--output-dir", str(out), *common])
+    finally:
+        preemption.uninstall()
+        monkeypatch.undo()
+    saved = torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    assert saved["iteration"] == 5 and saved["epoch"] == 0 and saved["epoch_progress"]["batches"] == 5
+    assert len(saved["epoch_progress"]["rng"]) == 1
+    assert pretrain_main(["--output-dir", str(out), "--resume", *common]) == 0
+    assert_same_pretraining_end(out, reference, epochs=1)
 
 
 # --------------------------------------------------------------------------- requeue: detection
@@ -221,6 +257,64 @@ def _trainer(argv):
     return Trainer(cfg)
 
 
+class _SignalAfter(HookBase):
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_detection_training_stopped_by_a_signal_resumes_with_the_same_losses(tmp_path, tiny_shapes):
+    """In this process (no job): the signal after iteration 2, every rank's stop after 3; the
+    resumed run's losses, iteration by iteration, and its final state are the uninterrupted run's."""
+    overrides = small_run(tmp_path, 6, "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SOLVER.STEPS", "(4,)",
+                          "SOLVER.CHECKPOINT_PERIOD", "100")[2:]
+    args = ["--config-file", str(DEMO_CONFIG), *tiny_shapes, *overrides]
+    out, reference = tmp_path / "preempted", tmp_path / "reference"
+    uninterrupted = _trainer([*args, "OUTPUT_DIR", str(reference)])
+    expected = _LossRecorder()
+    uninterrupted.register_hooks([expected])
+    uninterrupted.resume_or_load(resume=False)
+    uninterrupted.train()
+
+    trainer = _trainer([*args, "OUTPUT_DIR", str(out)])
+    trainer.register_hooks([_SignalAfter(2)])  # after the preemption hook: the stop comes one iteration later
+    trainer.resume_or_load(resume=False)
+    preemption.install(["USR1"])
+    try:
+        with pytest.raises(preemption.Preempted, match="after iteration 3: saved model_0000003.pth"):
+            trainer.train()
+    finally:
+        preemption.uninstall()
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert checkpoint(out / "model_0000003.pth")["trainer"]["resume"]["data"]["position"] == 4 * 2
+
+    resumed = _trainer([*args, "OUTPUT_DIR", str(out)])
+    after = _LossRecorder()
+    resumed.register_hooks([after])
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    resumed.train()
+    assert after.losses == pytest.approx(expected.losses[4:], rel=1e-6)
+    assert_same_detection_end(out, reference, 6)
+
+
+def assert_same_detection_end(out: Path, reference: Path, max_iter: int) -> None:
+    final, uninterrupted = checkpoint(out / "model_final.pth"), checkpoint(reference / "model_final.pth")
+    assert final["iteration"] == uninterrupted["iteration"] == max_iter - 1
+    assert final["trainer"]["hooks"]["LRScheduler"] == uninterrupted["trainer"]["hooks"]["LRScheduler"]
+    a, b = final["trainer"]["_trainer"]["optimizer"], uninterrupted["trainer"]["_trainer"]["optimizer"]
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for key in b["state"]:
+        for name, value in b["state"][key].items():
+            torch.testing.assert_close(a["state"][key][name], value, atol=1e-6, rtol=1e-5)
+    for key, value in uninterrupted["model"].items():
+        torch.testing.assert_close(final["model"][key], value, atol=1e-6, rtol=1e-5, msg=key)
+
+
+@pytest.mark.slow
 def test_preempted_detection_training_requeues_and_resumes_at_the_next_iteration(tmp_path, tiny_shapes, job_env):
     max_iter = 10
     overrides = small_run(tmp_path, max_iter, "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "0",
@@ -253,16 +347,7 @@ def test_preempted_detection_training_requeues_and_resumes_at_the_next_iteration
     trainer.resume_or_load(resume=False)
     trainer.train()
 
-    final, uninterrupted = checkpoint(out / "model_final.pth"), checkpoint(reference / "model_final.pth")
-    assert final["iteration"] == uninterrupted["iteration"] == max_iter - 1
-    assert final["trainer"]["hooks"]["LRScheduler"] == uninterrupted["trainer"]["hooks"]["LRScheduler"]
-    a, b = final["trainer"]["_trainer"]["optimizer"], uninterrupted["trainer"]["_trainer"]["optimizer"]
-    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
-    for key in b["state"]:
-        for name, value in b["state"][key].items():
-            torch.testing.assert_close(a["state"][key][name], value, atol=1e-6, rtol=1e-5)
-    for key, value in uninterrupted["model"].items():
-        torch.testing.assert_close(final["model"][key], value, atol=1e-6, rtol=1e-5, msg=key)
+    assert_same_detection_end(out, reference, max_iter)
 
     # the first step after the resume, from the preemption checkpoint: the uninterrupted run's loss
     probe = tmp_path / "probe"
@@ -293,10 +378,13 @@ def _children(pid: int) -> list:
     return found
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_from_its_last_checkpoint(data, tmp_path):
     out = tmp_path / "elastic"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
-               "--master-port", str(free_port()), str(ROOT / "tools" / "pretrain_imagenet.py"),
+    # a c10d rendezvous (--standalone); with the static one (--master-port) the restarted workers
+    # could not connect here (gloo: connection refused)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "--max-restarts", "1", str(ROOT / "tools" / "pretrain_imagenet.py"),
                "--config-file", str(TINY), "--data-path", str(data), "--output-dir", str(out), "--epochs", "2",
                "MODEL.DEVICE", "cpu"]
     process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
