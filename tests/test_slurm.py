@@ -129,6 +129,10 @@ def test_settings_that_cannot_work_get_one_error_line(tmp_path, capsys, options,
     (["train_net", "--config-file", str(DEMO_CONFIG), "--num-gpus", "8"], "--num-gpus: the processes come from"),
     (["train_net", "--config-file", str(DEMO_CONFIG), "OUTPUT_DIR", "x"], "give --output-dir to submit.py"),
     (["pretrain_imagenet", "--resume"], "a submitted job resumes by itself"),
+    (["--nodes", "3", "pretrain_imagenet", "--config-file", str(TINY), "--data-path", "d"],
+     "PRETRAIN.BATCH_SIZE = 16 is not allowed with --nodes 3 x 8 processes"),
+    (["train_net", "--config-file", str(DEMO_CONFIG), "SOLVER.IMS_PER_BATCH", "12"],
+     "SOLVER.IMS_PER_BATCH = 12 is not allowed with --nodes 1 x 8 processes"),
 ])
 def test_tool_arguments_that_conflict_with_the_request_are_refused(tmp_path, capsys, tool_args, expected):
     assert slurm.main(["--output-dir", str(tmp_path), "--dry-run", *tool_args]) == 2

@@ -20,7 +20,7 @@ import itertools
 import logging
 import random
 import signal
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch

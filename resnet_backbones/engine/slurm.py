@@ -211,7 +211,7 @@ class ClusterJob:
         preemption.install(set(self.signals) | {requeue_signal.name.removeprefix("SIG")})
         argv = self.command_line()
         print(f"{self.tool} rank {dist_env.rank}/{dist_env.world_size} (local rank {dist_env.local_rank}, "
-              f"rendezvous {dist_env.master_addr}:{dist_env.master_port}, job {job_env.job_id}): "
+              f"rendezvous {os.environ['MASTER_ADDR']}:{dist_env.master_port}, job {job_env.job_id}): "
               f"{shlex.join(argv)}", flush=True)
         try:
             code = tool_main(self.tool)(argv)
@@ -272,6 +272,27 @@ def tool_arguments(tool: str, argv: Sequence[str], output_dir: str, world_size: 
     return argv + ([f"train.output_dir={output_dir}"] if lazy else ["OUTPUT_DIR", output_dir])
 
 
+def check_batch_size(tool: str, argv: Sequence[str], request: ClusterRequest) -> None:
+    """The tool's batch, over all processes, must divide among the ``request``'s processes."""
+    if tool == "pretrain_imagenet":
+        from ..pretrain.cli import _overrides, build_parser
+        from ..pretrain.config import load_pretrain_config
+
+        args = build_parser().parse_args(list(argv))
+        if not args.config_file:
+            return
+        key, batch = "PRETRAIN.BATCH_SIZE", load_pretrain_config(args.config_file, _overrides(args)).PRETRAIN.BATCH_SIZE
+    else:
+        from .config_frontends import load_training_config
+        from .train_net import argument_parser
+
+        args = argument_parser().parse_args(list(argv))
+        key, batch = "SOLVER.IMS_PER_BATCH", load_training_config(args.config_file, args.opts).SOLVER.IMS_PER_BATCH
+    if batch % request.world_size:
+        raise ValueError(f"{key} = {batch} is not allowed with --nodes {request.nodes} x {request.tasks} processes: "
+                         f"the batch is over all {request.world_size} processes and must divide evenly among them")
+
+
 @dataclass
 class Submission:
     job: ClusterJob
@@ -296,6 +317,7 @@ def prepare(tool: str, tool_argv: Sequence[str], output_dir: str, request: Clust
     request.check(cluster)
     output_dir = str(Path(output_dir).expanduser().absolute())
     argv = tool_arguments(tool, tool_argv, output_dir, request.world_size)
+    check_batch_size(tool, argv, request)
     signals = tuple(dict.fromkeys([request.signal_name(), "TERM"]))
     params = request.slurm_parameters() if cluster == "slurm" else request.local_parameters()
     return Submission(ClusterJob(tool, argv, output_dir, signals), Path(output_dir) / SUBMITIT_FOLDER, params,
