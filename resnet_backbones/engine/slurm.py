@@ -158,7 +158,8 @@ class ClusterRequest:
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
         if self.mem_gb is not None:
-            params["mem"] = f"{int(self.mem_gb)}GB" if self.mem_gb == int(self.mem_gb) else f"{int(self.mem_gb * 1024)}MB"
+            whole = self.mem_gb == int(self.mem_gb)
+            params["mem"] = f"{int(self.mem_gb)}GB" if whole else f"{int(self.mem_gb * 1024)}MB"
         for name in ("partition", "account", "qos", "constraint"):
             if getattr(self, name):
                 params[name] = getattr(self, name)
@@ -333,7 +334,8 @@ def submit(submission: Submission):
         try:
             executor = submitit.SlurmExecutor(folder=submission.folder, max_num_timeout=submission.max_timeouts)
         except RuntimeError as error:  # no srun on this machine
-            raise ValueError(f"cannot submit to SLURM from here: {error} (--dry-run prints the sbatch script)") from None
+            raise ValueError(f"cannot submit to SLURM from here: {error} "
+                             "(--dry-run prints the sbatch script)") from None
     executor.update_parameters(**submission.parameters)
     with submitit.helpers.clean_env():  # a job submitted from inside another must not inherit its ranks
         # the local executor's processes inherit this environment (a SLURM job: the setup line)

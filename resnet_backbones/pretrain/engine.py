@@ -2,9 +2,10 @@
 
 A run writes into its output folder:
 
-- ``checkpoint.pth``: after every epoch (and part-way through one when the job is preempted,
-  with the position in the epoch and every process's random state), atomically; weights, EMA, optimizer, scheduler, scaler,
+- ``checkpoint.pth``: after every epoch, atomically; weights, EMA, optimizer, scheduler, scaler,
   epoch and iteration, the metrics so far, the config as YAML text and the input convention.
+  When the job is preempted, also part-way through an epoch, with the batch reached, the epoch's
+  running loss and every process's random state (``epoch_progress``).
   Only tensors, numbers, strings, lists and dicts: ``torch.load(weights_only=True)`` reads it.
 - ``metrics.json``: one JSON object per line and epoch.
 - TensorBoard event files, and ``curves.png`` at the end.
