@@ -27,7 +27,7 @@ from resnet_backbones.pretrain.cli import main as pretrain_main  # noqa: E402
 from resnet_backbones.pretrain.engine import Pretrainer  # noqa: E402
 from resnet_backbones.weights import BackboneCheckpointer  # noqa: E402
 from test_pretrain import TINY, read_metrics, subprocess_env  # noqa: E402
-from test_training import DEMO_CONFIG, checkpoint, small_run  # noqa: E402
+from test_training import DEMO_CONFIG, checkpoint, free_port, small_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LAZY_CONFIG = ROOT / "configs" / "new_baselines" / "mask_rcnn_R_50_FPN_100ep_LSJ.py"
@@ -385,10 +385,8 @@ def _children(pid: int) -> list:
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_from_its_last_checkpoint(data, tmp_path):
     out = tmp_path / "elastic"
-    # a c10d rendezvous (--standalone); with the static one (--master-port) the restarted workers
-    # could not connect here (gloo: connection refused)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "--max-restarts", "1", str(ROOT / "tools" / "pretrain_imagenet.py"),
+    command = [sys.executable, "-m", "torch.distributed.run", "--master-port", str(free_port()),
+               "--nproc-per-node", "2", "--max-restarts", "1", str(ROOT / "tools" / "pretrain_imagenet.py"),
                "--config-file", str(TINY), "--data-path", str(data), "--output-dir", str(out), "--epochs", "2",
                "MODEL.DEVICE", "cpu"]
     process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
