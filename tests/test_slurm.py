@@ -107,6 +107,16 @@ def test_each_tool_and_config_kind_gets_the_output_dir():
     assert job.command_line() == ["--output-dir", "/nonexistent", "X", "1"]  # nothing to resume yet
 
 
+def test_a_requeued_job_is_the_same_job_and_resumes_from_the_checkpoint_it_finds(tmp_path):
+    job = slurm.ClusterJob("train_net", ["--config-file", "c.yaml", "OUTPUT_DIR", str(tmp_path)], str(tmp_path))
+    assert job.command_line()[0] == "--config-file"
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    # first: the trailing config overrides would swallow it
+    assert job.command_line() == ["--resume", "--config-file", "c.yaml", "OUTPUT_DIR", str(tmp_path)]
+    requeued = job.checkpoint()  # what submitit pickles for the requeued job
+    assert requeued.function == job and requeued.function is not job and not requeued.args
+
+
 @pytest.mark.parametrize("options, expected", [
     (["--time", "90", "--signal-delay-s", "5400"], "--signal-delay-s 5400 with --time 90 min"),
     (["--time", "1:2:3:4"], "--time '1:2:3:4': not a SLURM time limit"),
