@@ -418,3 +418,30 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_from_its_last_che
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
     state = torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and state["iteration"] == 2 * ITERS_PER_EPOCH and state["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_iteration(data, tmp_path, job_env):
+    """Two tasks of one local job (the ranks and rendezvous from submitit, as on SLURM): SIGTERM to
+    the second only; both stop after the same iteration, the first writes both random states."""
+    out = tmp_path / "two"
+    common = ["--config-file", str(TINY), "--data-path", str(data), "--epochs", "1", "MODEL.DEVICE", "cpu"]
+    request = slurm.ClusterRequest(gpus_per_node=0, tasks_per_node=2, time_min=60)
+    job = slurm.submit(slurm.prepare("pretrain_imagenet", common, str(out), request, cluster="local"))
+    wait_for(lambda: (out / "metrics.json").exists(), job, "start of training")
+    time.sleep(1.0)
+    tasks = _children(job._process.pid)
+    assert len(tasks) == 2, tasks
+    second = max(tasks, key=lambda pid: Path(f"/proc/{pid}/environ").read_bytes().count(b"SUBMITIT_LOCAL_LOCALID=1"))
+    os.kill(second, signal.SIGTERM)
+    assert job.results() == [0, 0]
+
+    log = job_log(out)
+    stop = re.search(r"Preempted \(another process's signal\) in epoch 1 after iteration (\d+)", log)
+    assert stop, log[-3000:]
+    other = "".join(p.read_text() for p in sorted((out / slurm.SUBMITIT_FOLDER).glob("*_1_log.*")))
+    assert "Not checkpointing nor requeuing since I am a slave" in other and "requeueing job" in other
+    assert f"resumed in epoch 1 after iteration {stop.group(1)}" in log
+    state = torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    assert state["iteration"] == ITERS_PER_EPOCH and state["world_size"] == 2
+    assert [r["epoch"] for r in read_metrics(out)] == [1] and read_metrics(out)[0]["train_images"] == 12 * 16
