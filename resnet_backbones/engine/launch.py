@@ -32,6 +32,29 @@ def started_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def restarted_by_torchrun() -> bool:
+    """Whether ``torchrun --max-restarts N`` has restarted the workers after one of them died;
+    the restarted run must continue from its last checkpoint, not start over."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def init_process_group_from_torchrun(backend: str, timeout: timedelta = DEFAULT_TIMEOUT, **kwargs) -> None:
+    """``init_process_group`` from ``torchrun``'s environment (``env://``).
+
+    After an elastic restart the workers meet again in the store of the agent, which outlives the
+    killed ones and still holds their addresses; a restarted worker reading one of those before
+    its peer overwrote it failed to connect (gloo: connection refused). Each restart gets keys of
+    its own.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if not attempt:
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout, **kwargs)
+        return
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"restart_{attempt}", store), rank=rank,
+                            world_size=world_size, timeout=timeout, **kwargs)
+
+
 def _create_local_process_group(num_per_machine: int) -> None:
     """The per-machine group ``comm.get_local_rank()`` relies on (only Detectron2's launch sets it)."""
     if hasattr(comm, "create_local_process_group"):  # detectron2 main
@@ -50,8 +73,11 @@ def _init_process_group(backend: str, init_method: str, world_size: int, rank: i
                         local_rank: int) -> None:
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size, rank=rank,
-                            timeout=DEFAULT_TIMEOUT)
+    if init_method == "env://":
+        init_process_group_from_torchrun(backend)
+    else:
+        dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size, rank=rank,
+                                timeout=DEFAULT_TIMEOUT)
     _create_local_process_group(num_per_machine)
     comm.synchronize()
 

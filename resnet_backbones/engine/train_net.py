@@ -21,7 +21,10 @@ overrides), plus:
 * an error while training (in Detectron2's loop or a data-loader worker) is one ``error:`` line
   naming the file or value, exit status 2 (1 for a diverged loss), without the traceback unless
   ``--debug`` or ``RESNET_BACKBONES_DEBUG=1`` asks for it;
-* checkpoint temporaries a kill left in ``OUTPUT_DIR`` are removed when training starts.
+* checkpoint temporaries a kill left in ``OUTPUT_DIR`` are removed when training starts;
+* workers restarted by ``torchrun --max-restarts N`` resume from the last checkpoint, and a run
+  submitted by ``tools/submit.py`` stops on a preemption signal with a checkpoint of that exact
+  iteration (:mod:`resnet_backbones.engine.preemption`).
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ from ..data.sem_seg import SemSegDatasetSpec
 from ..fileio import atomic_output
 from ..weights.checkpoint import BackboneCheckpointer, remove_checkpoint_temporaries
 from .config_frontends import lazy_config_of, load_training_config, recorded_config, trainer_class
-from .launch import launch
+from .launch import launch, restarted_by_torchrun
 from .trainer import TrainingDivergedError, check_training_config
 
 logger = logging.getLogger("resnet_backbones.train_net")
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace):
         for path in remove_checkpoint_temporaries(cfg.OUTPUT_DIR):
             logger.info("Removed %s, left by a run killed while saving a checkpoint", path)
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=args.resume or restarted_by_torchrun())
     return trainer.train()
 
 

@@ -33,6 +33,7 @@ from ..data.datasets import FileNamingDatasetMapper
 from ..evaluation import FastCOCOEvaluator
 from ..weights.checkpoint import BackboneCheckpointer
 from .launch import wrap_distributed
+from .preemption import PreemptionCheckpointer, resumable_sampler, restart_data_stream, rng_state
 from .segmentation import (SEGMENTATION_ARCHITECTURES, build_lr_scheduler, build_segmentation_evaluator,
                            is_semantic_segmentor, sem_seg_train_augmentations)
 
@@ -229,15 +230,30 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     # Detectron2 v0.6 saves only the iteration and the hooks; the optimizer (momentum) and the
-    # gradient scaler must survive --resume as well (as on detectron2's main branch)
+    # gradient scaler must survive --resume as well (as on detectron2's main branch), and so must
+    # the data position and the random state, for a resumed run to continue the same stream
     def state_dict(self):
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        sampler = resumable_sampler(self._trainer.data_loader)
+        per_process = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        state["resume"] = {"data": sampler.state_dict((self.iter + 1) * per_process) if sampler else {},
+                           # every process's (gathered at a preemption), else the first process's
+                           "rng": getattr(self, "rng_states", None) or [rng_state()]}
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self._trainer.load_state_dict(state_dict["_trainer"])
+        self._resume_state = state_dict.get("resume")
+
+    def resume_or_load(self, resume=True):
+        self._resume_state = None
+        super().resume_or_load(resume=resume)
+        if resume and self._resume_state:
+            states = self._resume_state["rng"]
+            restart_data_stream(self._trainer, self._resume_state["data"],
+                                states[comm.get_rank()] if comm.get_rank() < len(states) else None)
 
     def build_hooks(self):
         built = super().build_hooks()
@@ -246,6 +262,7 @@ class Trainer(DefaultTrainer):
             # after EvalHook (which produces the metric), before the writers
             eval_index = next(i for i, h in enumerate(built) if isinstance(h, hooks.EvalHook))
             built.insert(eval_index + 1, BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, metric))
+        built.append(PreemptionCheckpointer())  # last: the iteration's own hooks have run
         return built
 
     @classmethod

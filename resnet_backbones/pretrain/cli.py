@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..cli import exits_cleanly
+from ..engine.launch import restarted_by_torchrun
 from ..weights.io import load_weights_file
 from ..weights.pretrained import PRETRAIN_FORMAT_VERSION, is_pretrain_checkpoint
 from ..config import merge_overrides
@@ -88,6 +89,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     output_dir = Path(args.output_dir)
     overrides = _overrides(args)
     resume_state = None
+    if args.resume is None and restarted_by_torchrun() and (output_dir / CHECKPOINT_NAME).is_file():
+        args.resume = ""  # torchrun --max-restarts restarted the workers: continue, not start over
     if args.resume is not None:
         path = Path(args.resume) if args.resume else output_dir / CHECKPOINT_NAME
         if not path.is_file():

@@ -190,4 +190,9 @@ def config_differences(stored: CN, requested: CN, ignore: Sequence[str] = RUNTIM
     """``(key, stored value, requested value)`` for every key that differs, except ``ignore``."""
     a, b = _flatten(stored), _flatten(requested)
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if k not in ignore and a.get(k) != b.get(k)]
+            if k not in ignore and _as_lists(a.get(k)) != _as_lists(b.get(k))]
+
+
+def _as_lists(value: Any) -> Any:
+    # a config read back from a checkpoint's YAML has lists where the file's defaults have tuples
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value

@@ -6,6 +6,7 @@ a Detectron2 detector normalises its input. Moving uint8 is also four times less
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,10 @@ class ImageFolderDataset(Dataset):
         self.samples = list(samples)
         self.transform = transform
         self.substitute_bad = substitute_bad
+        #: when set (per epoch, by the training loop), sample ``i``'s random augmentation is drawn
+        #: from a generator seeded with (seed, i): the same crops whichever worker decodes it and
+        #: wherever the epoch started, so that an epoch resumed part-way repeats the uninterrupted one
+        self.seed: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -127,7 +132,11 @@ class ImageFolderDataset(Dataset):
             except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... by format
                 failures.append((path, f"{type(e).__name__}: {e}"))
                 continue
-            return self.transform(image), target, failures
+            if self.seed is None:
+                return self.transform(image), target, failures
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + index)
+                return self.transform(image), target, failures
         return None, self.samples[index][1], failures
 
 
@@ -179,6 +188,16 @@ def val_transform(cfg) -> v2.Compose:
 
 
 # ------------------------------------------------------------------------ samplers and loaders
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` whose next epoch can begin ``start`` samples in (a run resumed
+    part-way through an epoch); its length stays the whole epoch's."""
+
+    start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+
 class ShardSampler(Sampler[int]):
     """Every ``world_size``-th index from ``rank``: each sample evaluated once over all processes.
 
@@ -218,8 +237,8 @@ def build_loaders(cfg, layout: ImageFolderLayout, rank: int, world_size: int, sk
     if p.NUM_WORKERS:
         common["prefetch_factor"] = 4
     train = DataLoader(train_set, batch_size=per_process, drop_last=True, generator=torch.Generator(),
-                       sampler=DistributedSampler(train_set, world_size, rank, shuffle=True, seed=p.SEED,
-                                                  drop_last=True), **common)
+                       sampler=EpochSampler(train_set, world_size, rank, shuffle=True, seed=p.SEED, drop_last=True),
+                       **common)
     val = DataLoader(val_set, batch_size=per_process, sampler=ShardSampler(len(val_set), rank, world_size),
                      **common)
     return train, val

@@ -8,6 +8,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from ..engine.launch import init_process_group_from_torchrun
+
 
 @dataclass
 class DistContext:
@@ -49,7 +51,7 @@ def init_distributed(device: str) -> DistContext:
     owns = False
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch_device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=torch_device if backend == "nccl" else None)
+        init_process_group_from_torchrun(backend, device_id=torch_device if backend == "nccl" else None)
         owns = True
     return DistContext(rank, local_rank, world_size, torch_device, owns)
 

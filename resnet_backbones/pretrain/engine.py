@@ -4,6 +4,8 @@ A run writes into its output folder:
 
 - ``checkpoint.pth``: after every epoch, atomically; weights, EMA, optimizer, scheduler, scaler,
   epoch and iteration, the metrics so far, the config as YAML text and the input convention.
+  When the job is preempted, also part-way through an epoch, with the batch reached, the epoch's
+  running loss and every process's random state (``epoch_progress``).
   Only tensors, numbers, strings, lists and dicts: ``torch.load(weights_only=True)`` reads it.
 - ``metrics.json``: one JSON object per line and epoch.
 - TensorBoard event files, and ``curves.png`` at the end.
@@ -27,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from ..engine.preemption import Preempted, preempted_message, rng_state, set_rng_state, stop_requested
 from ..fileio import atomic_output
 from ..modeling.arch import ResNetArch
 from ..weights.pretrained import PRETRAIN_FORMAT, PRETRAIN_FORMAT_VERSION
@@ -107,6 +110,7 @@ class Pretrainer:
         self.start_epoch = 0
         self.iteration = 0
         self.history: List[Dict[str, Any]] = []
+        self.progress: Dict[str, Any] = {}  # of the epoch a preempted run stopped in
         self.skipped: Dict[str, str] = {}
         self.writer = None
         if ctx.device.type == "cuda":
@@ -140,6 +144,7 @@ class Pretrainer:
             "classes": list(self.layout.classes),
             "history": self.history,
             "skipped_images": [[path, reason] for path, reason in sorted(self.skipped.items())],
+            "epoch_progress": {},
         }
 
     def save_checkpoint(self, epoch: int) -> None:
@@ -166,6 +171,7 @@ class Pretrainer:
         self.start_epoch = state["epoch"]
         self.iteration = state["iteration"]
         self.history = [dict(r) for r in state["history"]]
+        self.progress = dict(state.get("epoch_progress") or {})
         self.skipped = {path: reason for path, reason in state["skipped_images"]}
         if state["iters_per_epoch"] != self.iters_per_epoch:
             self.log(f"note: {state['iters_per_epoch']} iterations per epoch when the checkpoint was written, "
@@ -178,6 +184,7 @@ class Pretrainer:
         # only, so a resumed epoch repeats the uninterrupted one
         seed = self.cfg.PRETRAIN.SEED * 1_000_003 + epoch
         self.train_loader.sampler.set_epoch(epoch)
+        self.train_loader.dataset.seed = seed
         self.train_loader.generator.manual_seed(seed)
         torch.manual_seed(seed * 1009 + self.ctx.rank)
 
@@ -217,12 +224,17 @@ class Pretrainer:
         p = self.cfg.PRETRAIN
         self.ddp.train()
         self._seed_epoch(epoch)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        seen = 0
-        start = time.perf_counter()
-        with tqdm(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{p.EPOCHS}", unit="it",
+        progress, self.progress = self.progress, {}
+        done = progress.get("batches", 0)  # a preempted run's epoch continues after its last batch
+        self.train_loader.sampler.start = done * self.train_loader.batch_size
+        if progress and self.ctx.rank < len(progress["rng"]):
+            set_rng_state(progress["rng"][self.ctx.rank])
+        loss_sum = torch.tensor(progress.get("loss_sum", 0.0), dtype=torch.float64, device=self.ctx.device)
+        seen = progress.get("seen", 0)
+        start = time.perf_counter() - progress.get("time_s", 0.0)
+        with tqdm(total=self.iters_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{p.EPOCHS}", unit="it",
                   disable=not self.ctx.is_main, leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
-            for index, (images, targets, failures) in enumerate(self.train_loader):
+            for index, (images, targets, failures) in enumerate(self.train_loader, start=done):
                 self._note_failures(failures)
                 if images is None:
                     raise ValueError(f"more than {MAX_CONSECUTIVE_BAD} undecodable images in a row in train/, the "
@@ -244,10 +256,31 @@ class Pretrainer:
                         self.writer.add_scalar("train/loss", value, self.iteration)
                         self.writer.add_scalar("train/lr", lr, self.iteration)
                         self.writer.add_scalar("train/images_per_s", rate, self.iteration)
+                # not after an epoch's last batch: its end-of-epoch checkpoint follows
+                if index + 1 < self.iters_per_epoch and stop_requested():
+                    self._stop_in_epoch(epoch, index + 1, loss_sum.item(), seen, time.perf_counter() - start)
+        self.train_loader.sampler.start = 0
         elapsed = time.perf_counter() - start
         total_loss, total_seen = all_reduce_sum([loss_sum.item(), seen], self.ctx)
         return {"train_loss": total_loss / total_seen, "lr": lr, "train_images": int(total_seen),
                 "images_per_s": total_seen / elapsed}
+
+    def _stop_in_epoch(self, epoch: int, batches: int, loss_sum: float, seen: int, time_s: float) -> None:
+        """Every process stops after the same batch; the first writes that exact point."""
+        rng = all_gather_objects(rng_state(), self.ctx)
+        self.skipped = {k: v for part in all_gather_objects(self.skipped, self.ctx) for k, v in part.items()}
+        if self.ctx.is_main:
+            state = self.state_dict(epoch)
+            state["epoch_progress"] = {"batches": batches, "loss_sum": loss_sum, "seen": seen, "time_s": time_s,
+                                       "rng": rng}
+            with atomic_output(self.output_dir / CHECKPOINT_NAME) as f:
+                torch.save(state, f)
+        if self.ctx.distributed:
+            torch.distributed.barrier()  # no process leaves before the checkpoint is whole
+        message = preempted_message(f"in epoch {epoch + 1} after iteration {self.iteration} ({batches} of "
+                                    f"{self.iters_per_epoch} batches)", str(self.output_dir / CHECKPOINT_NAME))
+        self.log(message)
+        raise Preempted(message)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> Dict[str, float]:
@@ -301,7 +334,10 @@ class Pretrainer:
             self.writer = SummaryWriter(str(self.output_dir), purge_step=self.iteration + 1 if self.iteration else None)
             self._write_metrics()  # a resumed run drops lines written after its checkpoint
         self.log(self.describe())
-        if self.start_epoch:
+        if self.progress:
+            self.log(f"resumed in epoch {self.start_epoch + 1} after iteration {self.iteration} "
+                     f"({self.progress['batches']} of {self.iters_per_epoch} batches done)")
+        elif self.start_epoch:
             self.log(f"resumed after epoch {self.start_epoch} (iteration {self.iteration}); "
                      f"continuing at epoch {self.start_epoch + 1}")
         try:
