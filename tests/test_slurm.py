@@ -27,7 +27,8 @@ from resnet_backbones.pretrain.cli import main as pretrain_main  # noqa: E402
 from resnet_backbones.pretrain.engine import Pretrainer  # noqa: E402
 from resnet_backbones.weights import BackboneCheckpointer  # noqa: E402
 from test_pretrain import TINY, read_metrics, subprocess_env  # noqa: E402
-from test_training import DEMO_CONFIG, checkpoint, free_port, small_run  # noqa: E402
+from conftest import free_port  # noqa: E402
+from test_training import DEMO_CONFIG, checkpoint, small_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LAZY_CONFIG = ROOT / "configs" / "new_baselines" / "mask_rcnn_R_50_FPN_100ep_LSJ.py"
