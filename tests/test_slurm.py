@@ -26,22 +26,12 @@ from resnet_backbones.pretrain import CHECKPOINT_NAME  # noqa: E402
 from resnet_backbones.pretrain.cli import main as pretrain_main  # noqa: E402
 from resnet_backbones.pretrain.engine import Pretrainer  # noqa: E402
 from resnet_backbones.weights import BackboneCheckpointer  # noqa: E402
-from test_pretrain import TINY, read_metrics, subprocess_env  # noqa: E402
+from test_pretrain import ITERS_PER_EPOCH, TINY, one_thread, read_metrics, subprocess_env  # noqa: E402,F401  (one_thread: the jobs' single thread here too)
 from conftest import free_port  # noqa: E402
 from test_training import DEMO_CONFIG, checkpoint, small_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LAZY_CONFIG = ROOT / "configs" / "new_baselines" / "mask_rcnn_R_50_FPN_100ep_LSJ.py"
-ITERS_PER_EPOCH = 12  # 192 training images, batch 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the jobs run with OMP_NUM_THREADS=1; this process's arithmetic must match theirs bit for bit
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture
@@ -199,8 +189,9 @@ def test_preempted_pretraining_requeues_and_ends_where_an_uninterrupted_run_ends
     out = tmp_path / "preempted"
     request = slurm.ClusterRequest(gpus_per_node=0, tasks_per_node=1, time_min=60, signal="USR1")
     job = slurm.submit(slurm.prepare("pretrain_imagenet", common, str(out), request, cluster="local"))
-    wait_for(lambda: (out / "metrics.json").exists(), job, "start of training")  # written before iteration 1
-    time.sleep(1.0)
+    # the signal as soon as the first batch is done: on an idle machine the whole epoch takes about
+    # a second, so a fixed wait after the start could miss it
+    wait_for(lambda: "1/12 [" in job_log(out), job, "the first batch")
     job._process.send_signal(signal.SIGTERM)  # what SLURM sends before it preempts; the controller forwards it
     assert job.result() == 0
 
