@@ -68,3 +68,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def arch_from(**keys):
+    """The ``ResNetArch`` that ``MODEL.RESNETS.<KEY> = value`` for each keyword reads (all four stages out)."""
+    from resnet_backbones.config import get_default_config
+    from resnet_backbones.modeling.arch import ResNetArch
+
+    cfg = get_default_config()
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    for key, value in keys.items():
+        cfg.MODEL.RESNETS[key.upper()] = value
+    return ResNetArch.from_cfg(cfg)

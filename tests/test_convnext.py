@@ -17,6 +17,8 @@ from resnet_backbones.weights import WeightsError, convert_state_dict
 from resnet_backbones.weights.convert import TORCHVISION_CONVENTION
 from resnet_backbones.weights.cli import main as convert_main
 
+from conftest import arch_from
+
 timm = pytest.importorskip("timm")
 
 ROAD_FIELDS = ("depthwise", "depthwise_first", "kernel_size", "activation", "single_activation", "single_norm",
@@ -164,14 +166,6 @@ def test_convnext_preset_equals_timm_convnext_tiny_on_random_weights():
         actual = body(x)
     for index, name in enumerate(("res2", "res3", "res4", "res5")):
         torch.testing.assert_close(actual[name], expected[index], atol=1e-4, rtol=0, msg=name)
-
-
-def arch_from(**keys):
-    cfg = get_default_config()
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    for key, value in keys.items():
-        cfg.MODEL.RESNETS[key.upper()] = value
-    return ResNetArch.from_cfg(cfg)
 
 
 @pytest.mark.parametrize("keys, message", [

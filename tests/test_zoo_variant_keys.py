@@ -4,18 +4,12 @@ import pytest
 import torch
 
 from resnet_backbones import ResNet
-from resnet_backbones.config import NEW_KEYS, get_default_config
+from resnet_backbones.config import NEW_KEYS
 from resnet_backbones.modeling.arch import ConfigError, ResNetArch
 from resnet_backbones.modeling.layers import BlurPool2d, EfficientChannelAttention, eca_kernel_size
 from resnet_backbones.weights import convert_state_dict
 
-
-def arch_from(**keys):
-    cfg = get_default_config()
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    for key, value in keys.items():
-        cfg.MODEL.RESNETS[key.upper()] = value
-    return ResNetArch.from_cfg(cfg)
+from conftest import arch_from
 
 
 def test_every_new_field_has_a_key_and_a_default():
