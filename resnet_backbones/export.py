@@ -3,7 +3,9 @@
 * TorchScript, by tracing (through Detectron2's ``TracingAdapter``) or by scripting (through
   Detectron2's ``scripting_with_instances``), of Faster/Mask R-CNN and RetinaNet;
 * ONNX, by tracing, run by onnxruntime (the ``[deploy]`` extra);
-* ``torch.export`` of a backbone (an ``ExportedProgram``).
+* ``torch.export`` of a backbone (an ``ExportedProgram``), and ONNX of a backbone through it
+  (``torch.onnx.export(dynamo=True)``: named feature-map outputs, symbolic height and width),
+  which is what ONNX Runtime and OpenVINO run in ``tools/benchmark.py --only deploy``.
 
 The functions take a built model (in eval mode, weights loaded, optionally folded with
 :func:`~resnet_backbones.modeling.fold.fold_norms`): what the model holds, folded convolutions
@@ -36,10 +38,11 @@ from torch import Tensor, nn
 
 from .cli import exits_cleanly
 from .fileio import atomic_output
+from .modeling.inference import dynamic_image_shapes
 
 __all__ = [
     "FORMATS", "METHODS", "ONNX_OPSET", "DetectorExport", "build_model_from_config", "detector_inference",
-    "export_backbone_program",
+    "export_backbone_onnx", "export_backbone_program",
     "export_detector", "instances_from_outputs", "load_torchscript", "main", "prepare_image", "run_onnx",
     "script_detector", "script_module", "trace_detector",
 ]
@@ -82,6 +85,30 @@ def export_backbone_program(backbone: nn.Module, sample: Tensor, *,
         raise ValueError("torch.export of a backbone needs it in eval mode (call .eval())")
     with torch.no_grad():
         return torch.export.export(backbone, (sample,), dynamic_shapes=dynamic_shapes)
+
+
+def export_backbone_onnx(backbone: nn.Module, sample: Tensor, output: Path, *, dynamic: bool = True) -> Path:
+    """A backbone (eval mode; fold it first for deployment) as ONNX at ``output`` (written
+    atomically): input ``image`` (N, C, H, W), one output per feature map, named as the
+    backbone's (``res2``.. or ``p2``..). ``dynamic``: height and width symbolic, multiples of
+    the backbone's ``size_divisibility`` (an FPN's 32); else ``sample``'s size only."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ValueError("ONNX export needs onnx and onnxscript: pip install 'resnet-backbones[deploy]'") from None
+    backbone = backbone.eval()
+    with torch.no_grad():
+        names = list(backbone(sample))
+    dynamic_shapes = dynamic_image_shapes(backbone, sample) if dynamic else None
+    with torch.no_grad():
+        program = torch.onnx.export(backbone, (sample,), dynamo=True, opset_version=max(ONNX_OPSET, 18),
+                                    input_names=["image"], output_names=names, dynamic_shapes=dynamic_shapes,
+                                    verbose=False)
+    output = Path(output)
+    with atomic_output(output) as f:
+        f.write(program.model_proto.SerializeToString())
+    return output
 
 
 def _check_detector(model: nn.Module) -> None:

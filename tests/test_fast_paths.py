@@ -25,7 +25,7 @@ from resnet_backbones.benchmark.report import evaluate_goals
 from resnet_backbones.benchmark.timing import peak_memory_bytes
 from resnet_backbones.config import NEW_KEYS
 from resnet_backbones.modeling.fold import fold_norms, folded_convs
-from resnet_backbones.modeling.inference import compile_for_inference
+from resnet_backbones.modeling.inference import compile_for_inference, native_bfloat16
 from resnet_backbones.modeling.layers import ConvNorm
 
 from conftest import randomize_norms
@@ -396,6 +396,50 @@ def test_inference_goals_are_judged_on_full_runs_only(quick, switches, equal_met
     slow = {"quick": False, "inference": inference_rows([1.0, 0.9, 1.2], switches)}
     verdicts = [g["met"] for g in evaluate_goals(slow, "cpu")]
     assert verdicts == [False, False if switches.get("compile") else None], "a full run judges"
+
+
+def test_deploy_goals_hold_at_every_setting_and_are_judged_on_full_runs_only():
+    def row(variant, size, vs_ort, vs_ov, gflops, fast_ratio=1.0):
+        return {"variant": variant, "size": size, "ratio_vs_onnxruntime": vs_ort, "ratio_vs_openvino": vs_ov,
+                "gflops": gflops, "peak_gflops": 100.0, "ratio_vs_ours_fast_fp32": fast_ratio}
+    rows = [row("ours fast", "224x224", 1.10, 1.06, 80), row("ours fast", "800x1216", 1.07, 1.04, 92),
+            row("ours bf16", "800x1216", None, 0.9, 150, fast_ratio=1.9)]
+    goals = {g["goal"]: g for g in evaluate_goals({"quick": False, "deploy": {"rows": rows}}, "cpu")}
+    verdicts = {name.split(", ", 1)[-1]: (g["value"], g["met"]) for name, g in goals.items()}
+    assert verdicts == {
+        "ours (every fast path) vs ONNX Runtime": (1.07, True),
+        "ours (every fast path) vs OpenVINO": (1.04, False),  # the smallest setting decides
+        "ours: share of the 3x3 convolution peak": (0.92, True),  # at 800x1216 only
+        "CPU deploy bf16 vs ours fp32 (every fast path)": (1.9, True),
+    }
+    quick = evaluate_goals({"quick": True, "deploy": {"rows": rows}}, "cpu")
+    assert [g["met"] for g in quick] == [None] * 4
+
+
+def test_benchmark_deploy_section_compares_every_runtime_on_the_same_weights(tmp_path, capsys):
+    """ours eager, compiled fp32, bf16 and int8 against ONNX Runtime (fp32, int8) and OpenVINO
+    (fp32, bf16), on one tiny setting: the outputs agree before anything is timed."""
+    output = tmp_path / "bench.json"
+    status = benchmark_main(["--quick", "--only", "deploy", "--depths", "18", "--kinds", "plain", "--sizes", "64x64",
+                             "--deploy-threads", "1", "--min-repeats", "1", "--max-repeats", "1", "--output", str(output)])
+    assert status == 0
+    assert "CPU deployment" in capsys.readouterr().out
+    deploy = json.loads(output.read_text())["deploy"]
+    rows = {r["variant"]: r for r in deploy["rows"]}
+    bf16 = native_bfloat16(CPU)
+    assert set(rows) == {"ours", "ours fast", "ours int8", "onnxruntime", "onnxruntime int8", "openvino"} | (
+        {"ours bf16", "openvino bf16"} if bf16 else set())
+    for name, row in rows.items():
+        assert row["images_per_s"] > 0 and row["macs"] == rows["ours"]["macs"] > 0
+        if row["precision"] == "fp32":
+            assert row["max_abs_diff_vs_ours"] < 1e-3, name  # the same weights through each runtime
+        else:
+            assert row["cosine_vs_ours"] > 0.99, name
+    assert rows["ours int8"]["ratio_vs_onnxruntime"] == pytest.approx(
+        rows["onnxruntime int8"]["median_s"] / rows["ours int8"]["median_s"])
+    peak = deploy["peaks"][0]
+    assert peak["threads"] == 1 and peak["fp32_gflops"] > 1 and rows["ours fast"]["peak_gflops"] == peak["fp32_gflops"]
+    assert rows["ours int8"]["peak_gflops"] is None
 
 
 def test_benchmark_training_section_on_a_tiny_model(tmp_path):

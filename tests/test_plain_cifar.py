@@ -16,7 +16,8 @@ from resnet_backbones.modeling import ResidualBlock
 from resnet_backbones.pretrain import ImageNetClassifier, load_pretrain_config
 from resnet_backbones.pretrain.cli import main as pretrain_main
 from resnet_backbones.pretrain.degradation import (CURVES_NAME, DEFAULT_RUNS, PLOT_NAME, load_digits_split,
-                                                   main as degradation_main, random_shift, run_degradation)
+                                                   clutter, main as degradation_main, random_shift,
+                                                   run_degradation)
 
 from test_variants import make_cfg
 
@@ -202,6 +203,20 @@ def test_digits_are_real_stratified_and_shifts_move_whole_images():
     for i in range(2):  # each image is one 5x5 window of its zero-padded self
         windows = [padded[i, :, y:y + 5, x:x + 5] for y in range(3) for x in range(3)]
         assert any(torch.equal(shifted[i], w) for w in windows)
+
+
+def test_cluttered_digits_hold_the_whole_digit_among_fragments_of_others():
+    digits = load_digits_split(8).train_images[:16]
+    clean = clutter(digits, canvas=16, fragments=0, fragment_size=4, generator=torch.Generator().manual_seed(0))
+    assert clean.shape == (16, 3, 16, 16) and clean.dtype == torch.uint8
+    for i in range(16):  # alone, each digit sits whole somewhere on the empty field
+        assert int(clean[i].sum()) == int(digits[i].sum())
+        assert any(torch.equal(clean[i, :, y:y + 8, x:x + 8], digits[i]) for y in range(9) for x in range(9))
+    cluttered = clutter(digits, canvas=16, fragments=4, fragment_size=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.maximum(cluttered, clean), cluttered), "fragments only ever add ink"
+    assert (cluttered > clean).any(dim=(1, 2, 3)).float().mean() > 0.8, "almost every field has clutter"
+    with pytest.raises(ValueError, match="--image-size 6"):
+        clutter(digits, canvas=6, fragments=1, fragment_size=4, generator=torch.Generator())
 
 
 def test_short_degradation_run_writes_curves_and_plot_and_the_shortcuts_train_faster(tmp_path):

@@ -12,6 +12,9 @@ Sections (``--only`` picks some):
 - ``coco`` (:mod:`.coco_eval`): ``evaluate_coco`` against pycocotools, 5,000 images x 100
   detections over 80 categories (COCO val2017's shape), bbox and segm, numbers compared.
 - ``pipeline`` (:mod:`.pipeline`): pretraining input pipeline images/s by worker count.
+- ``deploy`` (:mod:`.deploy`, CPU): ours eager, ours with every fast path, bf16 and int8,
+  against ONNX Runtime and OpenVINO (fp32, bf16, int8) on the same weights, by thread count,
+  with GFLOP/s beside a compute-bound convolution's peak timed in the same run.
 
 Every comparison is timed in interleaved rounds and reported as medians and ratios from the same
 run (:mod:`.timing`). The table is printed, and everything (with the machine and the command)
@@ -29,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = ["SECTIONS", "build_parser", "main", "run_benchmark"]
 
-SECTIONS = ("inference", "training", "coco", "pipeline")
+SECTIONS = ("inference", "training", "coco", "pipeline", "deploy")
 
 # Defaults per profile: (full, quick); device-dependent ones are resolved in _resolve.
 _PROFILES: Dict[str, tuple] = {
@@ -52,6 +55,7 @@ _PROFILES: Dict[str, tuple] = {
     "pipeline_crop": (224, 224),
     "pipeline_batch": (32, 32),
     "pipeline_repeats": (3, 1),
+    "deploy_threads": ([1, 2], [1]),
 }
 _SIZES = {("cpu", False): ["224x224", "800x1216"], ("cpu", True): ["224x224", "448x672"],
           ("cuda", False): ["224x224", "800x1216"], ("cuda", True): ["224x224", "800x1216"]}
@@ -114,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-repeats", type=int)
     g.add_argument("--eval-both-backends", action="store_true",
                    help="also time evaluate_coco with --backend pycocotools")
+    g = parser.add_argument_group("deploy")
+    g.add_argument("--deploy-threads", type=int, nargs="+",
+                   help="thread counts of the deploy section (default 1 2; quick: 1); its models and sizes are "
+                        "--depths, --kinds and --sizes")
     g = parser.add_argument_group("pipeline")
     g.add_argument("--pipeline-images", type=int)
     g.add_argument("--pipeline-workers", type=int, nargs="+", help="worker counts (default 0 1 2; quick 0 2)")
@@ -156,6 +164,11 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if any(t < 1 for t in args.deploy_threads):
+        raise ValueError(f"--deploy-threads {args.deploy_threads}: each at least 1")
+    if "deploy" in (args.only or SECTIONS) and args.device != "cpu":
+        if args.only:
+            raise ValueError("--only deploy: the deploy section measures CPU inference (--device cpu)")
     if any(w < 0 for w in args.pipeline_workers):
         raise ValueError(f"--pipeline-workers must be >= 0, got {args.pipeline_workers}")
     bad_depths = [d for d in args.depths if d not in (18, 34, 50, 101, 152, 200)]
@@ -209,6 +222,13 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str], log=None) -> Di
             from .pipeline import run_pipeline
 
             results["pipeline"] = run_pipeline(args, log)
+        elif section == "deploy":
+            if device.type != "cpu":
+                log("  deploy: skipped, it measures CPU inference (--device cpu)")
+                continue
+            from .deploy import run_deploy
+
+            results["deploy"] = run_deploy(args, log)
     from .report import evaluate_goals
 
     results["goals"] = evaluate_goals(results, device.type)

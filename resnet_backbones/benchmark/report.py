@@ -98,7 +98,32 @@ def evaluate_goals(results: Dict[str, Any], device: str) -> List[Dict[str, Any]]
         goal["identical_numbers"] = identical
         goal["met"] = bool(goal["met"] and identical)
         goals.append(goal)
+    goals += _deploy_goals(results)
     return goals
+
+
+def _deploy_goals(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The deploy section's goals, each at every setting (the smallest ratio decides), judged on
+    full runs only."""
+    rows = results.get("deploy", {}).get("rows", [])
+    if not rows:
+        return []
+    judged = not results.get("quick")
+    fast = [r for r in rows if r["variant"] == "ours fast"]
+    goals = [
+        _goal("CPU deploy fp32, ours (every fast path) vs ONNX Runtime", ">= 1.05x",
+              [r["ratio_vs_onnxruntime"] for r in fast], 1.05, judged=judged, aggregate=min),
+        _goal("CPU deploy fp32, ours (every fast path) vs OpenVINO", ">= 1.05x",
+              [r["ratio_vs_openvino"] for r in fast], 1.05, judged=judged, aggregate=min),
+        _goal("CPU deploy fp32 at 800x1216, ours: share of the 3x3 convolution peak", ">= 90%",
+              [r["gflops"] / r["peak_gflops"] for r in fast if r["size"] == "800x1216" and r["peak_gflops"]],
+              0.90, judged=judged, percent=True, aggregate=min),
+    ]
+    bf16 = [r["ratio_vs_ours_fast_fp32"] for r in rows if r["variant"] == "ours bf16"]
+    if bf16:
+        goals.append(_goal("CPU deploy bf16 vs ours fp32 (every fast path)", ">= 1.80x", bf16, 1.8,
+                           judged=judged, aggregate=min))
+    return [g for g in goals if g["values"]]
 
 
 def _goal(name: str, target: str, values: List[float], threshold: float, *, judged: bool = True,
@@ -170,7 +195,26 @@ def format_report(results: Dict[str, Any]) -> str:
         parts.append(format_table(["workers", "img/s", "vs first"],
                                   [[r["workers"], r["images_per_s"], _ratio(r["ratio_vs_first"])]
                                    for r in pipeline["rows"]]))
-    if any(results.get(k) for k in ("inference", "training", "coco")):
+    deploy = results.get("deploy")
+    if deploy and deploy["rows"]:
+        parts.append("\nCPU deployment, batch 1: images/s (median); ratios to ours eager, to our fp32 fast path, and to "
+                     "ONNX Runtime / OpenVINO at the same precision; GFLOP/s (2 x multiply-adds / time) and its share of "
+                     "the 3x3 convolution peak at that precision and thread count; agreement with ours eager: "
+                     "max|diff| (fp32) or the lowest cosine similarity of a feature map (bf16, int8)")
+        for note in deploy.get("notes", []):
+            parts.append(f"note: {note}")
+        parts.append(", ".join(f"peak at {p['threads']} thread(s): " + ", ".join(
+            f"{k.split('_')[0]} {v:.0f} GFLOP/s" for k, v in p.items() if k != "threads") for p in deploy["peaks"]))
+        parts.append(format_table(
+            ["model", "size", "thr", "variant", "prec", "img/s", "vs ours", "vs fast", "vs ORT", "vs OV",
+             "GFLOP/s", "% peak", "agreement", "load"],
+            [[r["model"], r["size"], r["threads"], r["variant"], r["precision"], r["images_per_s"],
+              _ratio(r["ratio_vs_ours"]), _ratio(r["ratio_vs_ours_fast_fp32"]), _ratio(r["ratio_vs_onnxruntime"]),
+              _ratio(r["ratio_vs_openvino"]), r["gflops"],
+              f"{100 * r['gflops'] / r['peak_gflops']:.0f}%" if r["peak_gflops"] else "-",
+              (f"{r['max_abs_diff_vs_ours']:.1e}" if r["precision"] == "fp32" else f"cos {r['cosine_vs_ours']:.5f}"),
+              _load(r, machine)] for r in deploy["rows"]]))
+    if any(results.get(k) for k in ("inference", "training", "coco", "deploy")):
         parts.append("\n" + LOAD_NOTE)
     goals = results.get("goals")
     if goals:
@@ -187,6 +231,6 @@ def format_report(results: Dict[str, Any]) -> str:
             rows.append([g["goal"], g["target"], value, met])
         parts.append(format_table(["goal", "target", "measured", "verdict"], rows))
         if any(g["met"] is None for g in goals):
-            parts.append("reported only: backbone inference goals are judged on full CPU runs (not --quick, "
+            parts.append("reported only: backbone inference and deploy goals are judged on full CPU runs (not --quick, "
                          "with torch.compile for the fast-path goal)")
     return "\n".join(parts)

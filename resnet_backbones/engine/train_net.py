@@ -21,6 +21,8 @@ overrides), plus:
 * an error while training (in Detectron2's loop or a data-loader worker) is one ``error:`` line
   naming the file or value, exit status 2 (1 for a diverged loss), without the traceback unless
   ``--debug`` or ``RESNET_BACKBONES_DEBUG=1`` asks for it;
+* ``--eval-only --inference-precision bf16|int8`` evaluates with the backbone in bfloat16 or int8
+  (:mod:`resnet_backbones.engine.low_precision`; int8 calibrates on test images);
 * checkpoint temporaries a kill left in ``OUTPUT_DIR`` are removed when training starts;
 * workers restarted by ``torchrun --max-restarts N`` resume from the last checkpoint, and a run
   submitted by ``tools/submit.py`` stops on a preemption signal with a checkpoint of that exact
@@ -35,6 +37,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Union
 
+import torch
 import torch.multiprocessing as mp
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -53,6 +56,8 @@ from ..fileio import atomic_output
 from ..weights.checkpoint import BackboneCheckpointer, remove_checkpoint_temporaries
 from .config_frontends import lazy_config_of, load_training_config, recorded_config, trainer_class
 from .launch import launch, restarted_by_torchrun
+from ..modeling.inference import check_bfloat16_support
+from .low_precision import PRECISIONS, set_backbone_precision
 from .trainer import TrainingDivergedError, check_training_config
 
 logger = logging.getLogger("resnet_backbones.train_net")
@@ -65,6 +70,9 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="register a COCO-format (or image + label PNG) dataset under NAME (repeatable)")
     parser.add_argument("--skip-data-check", action="store_true",
                         help="do not check the --dataset jsons and images before training")
+    parser.add_argument("--inference-precision", choices=PRECISIONS, default="fp32",
+                        help="with --eval-only: run the backbone in bfloat16 (CPUs with AVX512-BF16 or AMX) or "
+                             "int8 (PT2E static quantization, calibrated on DATASETS.TEST[0])")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)")
     return parser
@@ -155,6 +163,7 @@ def run(args: argparse.Namespace):
         model = Trainer.build_model(cfg)
         BackboneCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
+        model = set_backbone_precision(cfg, model, args.inference_precision)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -248,6 +257,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
     check_training_config(cfg)
     specs = [parse_dataset_spec(spec) for spec in args.dataset]
     _check_weights_exist(cfg, args)
+    if args.inference_precision != "fp32" and not args.eval_only:
+        raise ValueError(f"--inference-precision {args.inference_precision}: only with --eval-only (training is fp32 "
+                         "or SOLVER.AMP)")
+    if args.inference_precision == "bf16":
+        check_bfloat16_support(torch.device(cfg.MODEL.DEVICE))
     if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
         raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} --machine-rank "
                          f"{args.machine_rank}: need at least one process per machine and "

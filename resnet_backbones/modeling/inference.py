@@ -15,6 +15,13 @@ well, without changing the setting for anything else in the process.
 Frozen weights are constants of the compiled code (the packed convolution weights are copies,
 other constants may share the module's storage): changing the model's weights after compiling
 is not supported; load the weights first, or compile again.
+
+``dtype=torch.bfloat16`` runs the model under ``torch.autocast`` in bfloat16: convolutions and
+matrix products in bfloat16 (oneDNN's AVX512-BF16/AMX kernels on CPU, whose peak is about twice
+float32's), with the float32 weights cast once, as frozen constants. Outputs come back in the
+input's dtype, so a Detectron2 head behind the backbone runs as before. Where the hardware has no
+native bfloat16 arithmetic (oneDNN would emulate it, slower than float32) it is refused.
+The int8 path is :func:`resnet_backbones.modeling.quantize.quantize_for_inference`.
 """
 from __future__ import annotations
 
@@ -22,8 +29,54 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
-__all__ = ["InferenceCompiled", "compile_for_inference"]
+__all__ = ["InferenceCompiled", "check_bfloat16_support", "compile_for_inference", "dynamic_image_shapes",
+           "native_bfloat16"]
+
+_DTYPES = (None, torch.float32, torch.bfloat16)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA device that supports it, or a CPU
+    with AVX512-BF16 or AMX (what oneDNN's fast bfloat16 convolutions use)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def check_bfloat16_support(device: torch.device) -> None:
+    """Raises ``ValueError`` where ``device`` has no native bfloat16 arithmetic."""
+    if not native_bfloat16(device):
+        what = "this CPU has neither AVX512-BF16 nor AMX" if device.type == "cpu" else f"{device} does not support it"
+        raise ValueError(f"dtype=torch.bfloat16: {what}, so bfloat16 would be emulated and slower than float32; "
+                         "compile in float32 (dtype=None)")
+
+
+def dynamic_image_shapes(model: nn.Module, sample: torch.Tensor) -> tuple:
+    """``torch.export``'s ``dynamic_shapes`` for a backbone's one input: height and width as
+    symbols, multiples of its ``size_divisibility`` (an FPN's 32), so that one exported graph
+    takes every size a detector pads its batches to."""
+    divisibility = max(int(getattr(model, "size_divisibility", 0) or 0), 1)
+    height, width = sample.shape[-2:]
+    if height % divisibility or width % divisibility:
+        raise ValueError(f"sample of {height}x{width}: {type(model).__name__} takes multiples of {divisibility}")
+    # below 64 pixels a body without divisibility specializes (its last stage becomes 1x1)
+    dims = [torch.export.Dim(name, min=64 if divisibility == 1 else 1, max=65536 // divisibility)
+            for name in ("height", "width")]
+    if divisibility > 1:
+        dims = [divisibility * d for d in dims]
+    return ({2: dims[0], 3: dims[1]},)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 class InferenceCompiled(nn.Module):
@@ -35,17 +88,32 @@ class InferenceCompiled(nn.Module):
     """
 
     def __init__(self, model: nn.Module, *, fullgraph: bool = True, dynamic: Optional[bool] = False,
-                 mode: Optional[str] = None):
+                 mode: Optional[str] = None, dtype: Optional[torch.dtype] = None,
+                 program: Optional[nn.Module] = None, precision: Optional[str] = None):
         super().__init__()
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype={dtype}: one of None (the model's own), torch.float32 or torch.bfloat16")
         # Freezing skips parameters that require gradients, even under no_grad.
         self.model = model.eval().requires_grad_(False)
+        self.device = _model_device(self.model)
+        if dtype == torch.bfloat16:
+            check_bfloat16_support(self.device)
+        self.autocast_dtype = dtype if dtype == torch.bfloat16 else None
+        #: "float32", "bfloat16" or, for a program of quantize_for_inference, "int8"
+        self.precision = precision or ("bfloat16" if self.autocast_dtype else "float32")
         # Not a submodule: the compiled module would list the same parameters a second time.
-        object.__setattr__(self, "_compiled",
-                           torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, mode=mode))
+        # ``program``: what runs in the model's place (a quantized graph of it), else the model.
+        object.__setattr__(self, "_compiled", torch.compile(self.model if program is None else program,
+                                                            fullgraph=fullgraph, dynamic=dynamic, mode=mode))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad(), torch._inductor.config.patch(freezing=True):
-            return self._compiled(*args, **kwargs)
+            if self.autocast_dtype is None:
+                return self._compiled(*args, **kwargs)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                outputs = self._compiled(*args, **kwargs)
+            dtype = next((a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point()), torch.float32)
+            return tree_map(lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t, outputs)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -62,13 +130,15 @@ class InferenceCompiled(nn.Module):
         return super().train(False)
 
 
-def compile_for_inference(model: nn.Module, *, fullgraph: bool = True, dynamic: Optional[bool] = False,
-                          mode: Optional[str] = None) -> InferenceCompiled:
+def compile_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = None, fullgraph: bool = True,
+                          dynamic: Optional[bool] = False, mode: Optional[str] = None) -> InferenceCompiled:
     """``model`` (switched to eval mode, its parameters to ``requires_grad=False``) compiled by
     inductor with frozen weights, as an :class:`InferenceCompiled` module.
 
     Args:
         model: a backbone (ours, with or without FPN, folded or channels_last) or any module.
+        dtype: ``torch.bfloat16`` computes in bfloat16 (see the module doc; ``ValueError`` where
+            the device has no native bfloat16); ``None`` or ``torch.float32``: as the model is.
         fullgraph: fail on a graph break instead of compiling around it (our backbones have none).
         dynamic: ``False`` (default) compiles once per input size, which suits fixed-size
             inference; ``None`` lets Dynamo switch to dynamic shapes after a size changes, which
@@ -76,4 +146,4 @@ def compile_for_inference(model: nn.Module, *, fullgraph: bool = True, dynamic: 
             default, then runs eagerly).
         mode: ``torch.compile``'s mode (e.g. ``"max-autotune"``).
     """
-    return InferenceCompiled(model, fullgraph=fullgraph, dynamic=dynamic, mode=mode)
+    return InferenceCompiled(model, fullgraph=fullgraph, dynamic=dynamic, mode=mode, dtype=dtype)

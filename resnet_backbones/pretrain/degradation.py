@@ -16,6 +16,7 @@ being memorised in a few epochs.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from .optim import build_optimizer, build_scheduler
 CURVES_NAME = "degradation.json"
 PLOT_NAME = "degradation.png"
 NUM_CLASSES = 10
+DIGIT_SIZE = 8  # scikit-learn's digits
+CLUTTER_FRAGMENT_SIZE = 4
 
 #: the paper's figure 1 / figure 6 (left and middle) at the depths 20 and 56: name -> config
 DEFAULT_RUNS = {"plain-20": "plain_20.yaml", "plain-56": "plain_56.yaml",
@@ -82,6 +85,30 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return shifted.gather(3, cols)
 
 
+def clutter(images: torch.Tensor, canvas: int, fragments: int, fragment_size: int,
+            generator: torch.Generator) -> torch.Tensor:
+    """Each image at a random place of a ``canvas`` x ``canvas`` field, with ``fragments``
+    square pieces of other images of the batch scattered over it (the brighter pixel wins where
+    they overlap): the cluttered digits of Mnih et al. (2014), which no network of these sizes
+    can memorise, unlike the clean 1437."""
+    n, channels, h, w = images.shape
+    if canvas < max(h, w):
+        raise ValueError(f"--image-size {canvas}: the cluttered field is at least the digits' {max(h, w)} pixels")
+    canvases = torch.zeros(n, channels, canvas, canvas, dtype=images.dtype)
+    ys, xs = (torch.randint(0, canvas - size + 1, (n,), generator=generator) for size in (h, w))
+    for i in range(n):
+        canvases[i, :, ys[i]:ys[i] + h, xs[i]:xs[i] + w] = images[i]
+    f = fragment_size
+    for _ in range(fragments):
+        sources = torch.randint(0, n, (n,), generator=generator)
+        sy, sx = (torch.randint(0, size - f + 1, (n,), generator=generator) for size in (h, w))
+        ty, tx = (torch.randint(0, canvas - f + 1, (n,), generator=generator) for _ in range(2))
+        for i in range(n):
+            region = canvases[i, :, ty[i]:ty[i] + f, tx[i]:tx[i] + f]
+            torch.maximum(region, images[sources[i], :, sy[i]:sy[i] + f, sx[i]:sx[i] + f], out=region)
+    return canvases
+
+
 @dataclass
 class Curve:
     name: str
@@ -101,7 +128,10 @@ def error_rate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     return 100 * wrong / len(labels)
 
 
-def train_curve(name: str, cfg, data: DigitsSplit, *, max_shift: int, seed: int,
+Augment = Callable[..., torch.Tensor]  # (uint8 images, generator=...) -> uint8 images
+
+
+def train_curve(name: str, cfg, data: DigitsSplit, *, augment: Augment, seed: int,
                 log: Callable[[str], None] = print) -> Curve:
     """Train ``cfg``'s classifier on ``data`` for ``PRETRAIN.EPOCHS``; its per-epoch curves."""
     p = cfg.PRETRAIN
@@ -122,7 +152,7 @@ def train_curve(name: str, cfg, data: DigitsSplit, *, max_shift: int, seed: int,
         wrong, loss_sum, seen = 0, 0.0, 0
         for i in range(iters_per_epoch):
             batch = order[i * p.BATCH_SIZE:(i + 1) * p.BATCH_SIZE]
-            images = random_shift(data.train_images[batch], max_shift, generator).float()
+            images = augment(data.train_images[batch], generator=generator).float()
             labels = data.train_labels[batch]
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
@@ -155,12 +185,13 @@ class DegradationResult:
         return next(c.train_error[-1] for c in self.curves if c.name == name)
 
 
-def experiment_overrides(*, epochs: int, batch_size: int, lr: float, data: DigitsSplit) -> List[str]:
+def experiment_overrides(*, epochs: int, batch_size: int, lr: float, images: torch.Tensor) -> List[str]:
     """The recipe every network of the experiment shares, as config overrides: the paper's
     schedule (rate divided by 10 at 50 % and 75 % of the epochs) after its ResNet-110 warm-up (a
-    tenth of the rate, here for the first epoch), and the digits' statistics."""
-    mean = data.train_images.float().mean().item()
-    std = data.train_images.float().std().item()
+    tenth of the rate, here for the first epoch), and the statistics of the training ``images``
+    (as the networks see them)."""
+    mean = images.float().mean().item()
+    std = images.float().std().item()
     steps = (max(1, epochs // 2), max(1, epochs * 3 // 4))
     return ["PRETRAIN.EPOCHS", str(epochs), "PRETRAIN.BATCH_SIZE", str(batch_size),
             "PRETRAIN.BASE_LR", str(lr * 256 / batch_size), "PRETRAIN.LR_SCHEDULER", "step",
@@ -169,13 +200,14 @@ def experiment_overrides(*, epochs: int, batch_size: int, lr: float, data: Digit
             "MODEL.PIXEL_MEAN", str([mean] * 3), "MODEL.PIXEL_STD", str([std] * 3)]
 
 
-def _train_in_process(name: str, cfg, data: DigitsSplit, max_shift: int, seed: int, threads: int) -> Curve:
+def _train_in_process(name: str, cfg, data: DigitsSplit, augment: Augment, seed: int, threads: int) -> Curve:
     torch.set_num_threads(threads)
-    return train_curve(name, cfg, data, max_shift=max_shift, seed=seed)
+    return train_curve(name, cfg, data, augment=augment, seed=seed)
 
 
 def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int = 24, batch_size: int = 32,
-                    lr: float = 0.05, image_size: int = 8, max_shift: int = 1, seed: int = 0, jobs: int = 1,
+                    lr: float = 0.05, image_size: int = 8, max_shift: int = 1, clutter_fragments: int = 0,
+                    seed: int = 0, jobs: int = 1,
                     overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> DegradationResult:
     """Train each ``name -> config file`` alike on the digits; write the curves (JSON) and their
     plot (PNG) into ``output_dir``. ``lr`` is the rate for ``batch_size`` (the paper: 0.1 for 128).
@@ -191,14 +223,26 @@ def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int 
             raise ValueError(f"{key} {value}: a positive integer")
     if max_shift < 0 or max_shift >= image_size:
         raise ValueError(f"--max-shift {max_shift}: 0 up to less than the image size ({image_size})")
+    if clutter_fragments < 0:
+        raise ValueError(f"--clutter {clutter_fragments}: 0 (clean digits) or more fragments")
     if not lr > 0:
         raise ValueError(f"--lr {lr}: a positive rate")
-    data = load_digits_split(image_size, seed=seed)
-    shared = experiment_overrides(epochs=epochs, batch_size=batch_size, lr=lr, data=data) + list(overrides)
+    if clutter_fragments:
+        # the digits at their own 8x8 on a field of image_size, new clutter every batch
+        data = load_digits_split(DIGIT_SIZE, seed=seed)
+        augment = functools.partial(clutter, canvas=image_size, fragments=clutter_fragments,
+                                    fragment_size=CLUTTER_FRAGMENT_SIZE)
+        data.test_images = augment(data.test_images, generator=torch.Generator().manual_seed(seed + 1))
+    else:
+        data = load_digits_split(image_size, seed=seed)
+        augment = functools.partial(random_shift, max_shift=max_shift)
+    seen = augment(data.train_images, generator=torch.Generator().manual_seed(seed + 2))
+    shared = experiment_overrides(epochs=epochs, batch_size=batch_size, lr=lr, images=seen) + list(overrides)
     cfgs = {name: load_pretrain_config(path, shared) for name, path in config_files.items()}  # all checked first
     output_dir = Path(output_dir)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "image_size": image_size,
-                "max_shift": max_shift, "seed": seed, "train_images": len(data.train_labels),
+                "max_shift": 0 if clutter_fragments else max_shift, "clutter_fragments": clutter_fragments,
+                "seed": seed, "train_images": len(data.train_labels),
                 "test_images": len(data.test_labels), "threads": torch.get_num_threads() if jobs == 1 else 1,
                 "jobs": jobs,
                 "overrides": list(overrides)}
@@ -207,7 +251,7 @@ def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int 
         + (f"{jobs} networks at once, 1 thread each" if jobs > 1 else f"{torch.get_num_threads()} thread(s)"))
     start = time.perf_counter()
     if jobs == 1:
-        curves = [train_curve(name, cfg, data, max_shift=max_shift, seed=seed, log=log) for name, cfg in cfgs.items()]
+        curves = [train_curve(name, cfg, data, augment=augment, seed=seed, log=log) for name, cfg in cfgs.items()]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -215,7 +259,7 @@ def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int 
         # the costliest networks first, so that the cheap ones fill in after them
         order = sorted(cfgs, key=lambda n: -sum(ResNetArch.from_cfg(cfgs[n]).blocks_per_stage))
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {n: pool.submit(_train_in_process, n, cfgs[n], data, max_shift, seed, 1) for n in order}
+            futures = {n: pool.submit(_train_in_process, n, cfgs[n], data, augment, seed, 1) for n in order}
             curves = [futures[name].result() for name in cfgs]
     for curve in curves:
         curve.config = str(config_files[curve.name])
@@ -272,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=0.05, help="the rate for --batch-size (the paper: 0.1 for 128)")
     parser.add_argument("--image-size", type=int, default=8, help="the 8x8 digits are resized to this size")
     parser.add_argument("--max-shift", type=int, default=1, help="random shifts of up to this many pixels")
+    parser.add_argument("--clutter", type=int, default=0, metavar="FRAGMENTS",
+                        help="cluttered digits: each 8x8 digit at a random place of an --image-size field with this "
+                             "many 4x4 fragments of other digits (0: clean digits resized to --image-size, shifted)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -298,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             torch.set_num_threads(args.threads)
         result = run_degradation({n: str(f) for n, f in files.items()}, args.output_dir, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-                                 max_shift=args.max_shift, seed=args.seed, jobs=args.jobs, overrides=args.opts)
+                                 max_shift=args.max_shift, clutter_fragments=args.clutter, seed=args.seed, jobs=args.jobs, overrides=args.opts)
         print(summary(result))
         print(f"curves: {Path(args.output_dir) / CURVES_NAME}, plot: {Path(args.output_dir) / PLOT_NAME}")
         return 0
