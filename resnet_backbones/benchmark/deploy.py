@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ def _missing(module: str) -> Optional[str]:
     try:
         __import__(module)
     except ImportError:
-        return f"{module} is not installed (pip install 'resnet-backbones[deploy]'): its columns are left out"
+        return f"{module} is not installed (pip install 'resnet-backbones[deploy]'): the variants it runs are left out"
     return None
 
 
@@ -135,8 +135,7 @@ def _onnx_int8(fp32_path: Path, output: Path, calibration: List[torch.Tensor]) -
     return output
 
 
-def _variants(depth: int, kind: str, size, threads: int, work: Path, seed: int,
-              log: Callable[[str], None]) -> Dict[str, Dict[str, Any]]:
+def _variants(depth: int, kind: str, size, threads: int, work: Path, seed: int) -> Dict[str, Dict[str, Any]]:
     """name -> {"run": callable of x, "precision": ...}, every variant built for this setting."""
     from ..export import export_backbone_onnx
 
@@ -155,7 +154,10 @@ def _variants(depth: int, kind: str, size, threads: int, work: Path, seed: int,
     bf16 = native_bfloat16(torch.device("cpu"))
     if bf16:
         variants["ours bf16"] = {"run": compile_for_inference(fast_model, dtype=torch.bfloat16), "precision": "bf16"}
-    variants["ours int8"] = {"run": quantize_for_inference(fast_model, calibration), "precision": "int8"}
+    if _missing("torchao") is None:
+        variants["ours int8"] = {"run": quantize_for_inference(fast_model, calibration), "precision": "int8"}
+    if _missing("onnx") or _missing("onnxscript"):
+        return variants
     names = list(ours(calibration[0]))
     onnx_path = work / f"R{depth}_{kind}.onnx"
     if not onnx_path.exists():
@@ -179,7 +181,7 @@ def run_deploy(options, log) -> Dict[str, Any]:
     """Rows of (model, size, threads, variant, precision, images/s, ratios, GFLOP/s, % of peak)."""
     rows: List[Dict[str, Any]] = []
     peaks: List[Dict[str, Any]] = []
-    notes = [n for n in (_missing("onnxruntime"), _missing("openvino")) if n]
+    notes = [n for n in map(_missing, ("torchao", "onnx", "onnxscript", "onnxruntime", "openvino")) if n]
     if not native_bfloat16(torch.device("cpu")):
         notes.append("this CPU has no native bfloat16 (AVX512-BF16 or AMX): the bf16 columns are left out")
     for note in notes:
@@ -217,7 +219,7 @@ def _ratio(medians: Dict[str, float], reference: Optional[str], name: str) -> Op
 def _measure(depth, kind, size, threads, peak, work, options, log) -> List[Dict[str, Any]]:
     height, width = size
     model_name = f"R-{depth}" + ("-FPN" if kind == "fpn" else "")
-    variants = _variants(depth, kind, size, threads, work, options.seed, log)
+    variants = _variants(depth, kind, size, threads, work, options.seed)
     x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(options.seed))
     with torch.no_grad():
         reference = variants[REFERENCE]["run"](x)

@@ -19,7 +19,7 @@ Needs ``torchao`` (the ``[deploy]`` extra).
 from __future__ import annotations
 
 import operator
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 import torch
 from torch import nn
