@@ -97,17 +97,15 @@ def export_backbone_onnx(backbone: nn.Module, sample: Tensor, output: Path, *, d
         import onnxscript  # noqa: F401
     except ImportError:
         raise ValueError("ONNX export needs onnx and onnxscript: pip install 'resnet-backbones[deploy]'") from None
-    backbone = backbone.eval()
+    program = export_backbone_program(backbone, sample,
+                                      dynamic_shapes=dynamic_image_shapes(backbone, sample) if dynamic else None)
     with torch.no_grad():
         names = list(backbone(sample))
-    dynamic_shapes = dynamic_image_shapes(backbone, sample) if dynamic else None
-    with torch.no_grad():
-        program = torch.onnx.export(backbone, (sample,), dynamo=True, opset_version=max(ONNX_OPSET, 18),
-                                    input_names=["image"], output_names=names, dynamic_shapes=dynamic_shapes,
-                                    verbose=False)
+        onnx_program = torch.onnx.export(program, (sample,), dynamo=True, opset_version=max(ONNX_OPSET, 18),
+                                         input_names=["image"], output_names=names, verbose=False)
     output = Path(output)
     with atomic_output(output) as f:
-        f.write(program.model_proto.SerializeToString())
+        f.write(onnx_program.model_proto.SerializeToString())
     return output
 
 

@@ -166,9 +166,8 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if any(t < 1 for t in args.deploy_threads):
         raise ValueError(f"--deploy-threads {args.deploy_threads}: each at least 1")
-    if "deploy" in (args.only or SECTIONS) and args.device != "cpu":
-        if args.only:
-            raise ValueError("--only deploy: the deploy section measures CPU inference (--device cpu)")
+    if args.only and "deploy" in args.only and args.device != "cpu":
+        raise ValueError("--only deploy: the deploy section measures CPU inference (--device cpu)")
     if any(w < 0 for w in args.pipeline_workers):
         raise ValueError(f"--pipeline-workers must be >= 0, got {args.pipeline_workers}")
     bad_depths = [d for d in args.depths if d not in (18, 34, 50, 101, 152, 200)]

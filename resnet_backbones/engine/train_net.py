@@ -53,10 +53,10 @@ from ..data.checks import WARNING, check_coco_dataset, check_sem_seg_dataset
 from ..data.datasets import SPEC_SYNTAX, DatasetSpec, parse_dataset_spec
 from ..data.sem_seg import SemSegDatasetSpec
 from ..fileio import atomic_output
+from ..modeling.inference import check_bfloat16_support
 from ..weights.checkpoint import BackboneCheckpointer, remove_checkpoint_temporaries
 from .config_frontends import lazy_config_of, load_training_config, recorded_config, trainer_class
 from .launch import launch, restarted_by_torchrun
-from ..modeling.inference import check_bfloat16_support
 from .low_precision import PRECISIONS, set_backbone_precision
 from .trainer import TrainingDivergedError, check_training_config
 
