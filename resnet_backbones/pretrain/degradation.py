@@ -8,10 +8,16 @@ shortcuts the deeper network ends with the lower one.
 
 The images are scikit-learn's handwritten digits (``sklearn.datasets.load_digits``: 1797 real
 8x8 grey images of the digits 0-9, bundled in its wheel, so nothing downloads), upsampled to
-``image_size`` and repeated over three channels. Training error is counted as in the paper's
-curves: on the augmented mini-batches of each epoch, in training mode. Augmentation is a random
-shift of up to ``max_shift`` pixels (the paper pads by 4 and crops 32), which keeps the task from
-being memorised in a few epochs.
+``image_size`` and repeated over three channels. Augmentation is a random shift of up to
+``max_shift`` pixels (the paper pads by 4 and crops 32), which keeps the task from being memorised
+in a few epochs, or clutter (:func:`clutter`), which no network here can memorise.
+
+Training error is counted two ways. The running one, as the paper's curves are logged: on the
+augmented mini-batches of each epoch, in training mode, while the weights still move. And the
+network's own, at the end of each epoch: in inference mode, on the training images under one fixed
+draw of the augmentation. The running error also carries the noise of batch statistics (which
+adds up over depth) and of weights that are still moving; the second is the error of the network
+the epoch ended with, which :meth:`DegradationResult.final_train_error` reports by default.
 """
 from __future__ import annotations
 
@@ -114,7 +120,8 @@ class Curve:
     name: str
     config: str
     params: int
-    train_error: List[float] = field(default_factory=list)  # percent, per epoch
+    train_error: List[float] = field(default_factory=list)  # percent, per epoch: running, in training mode
+    train_error_eval: List[float] = field(default_factory=list)  # at the epoch's end, in inference mode
     train_loss: List[float] = field(default_factory=list)
     test_error: List[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -132,8 +139,10 @@ Augment = Callable[..., torch.Tensor]  # (uint8 images, generator=...) -> uint8 
 
 
 def train_curve(name: str, cfg, data: DigitsSplit, *, augment: Augment, seed: int,
-                log: Callable[[str], None] = print) -> Curve:
-    """Train ``cfg``'s classifier on ``data`` for ``PRETRAIN.EPOCHS``; its per-epoch curves."""
+                train_eval_images: Optional[torch.Tensor] = None, log: Callable[[str], None] = print) -> Curve:
+    """Train ``cfg``'s classifier on ``data`` for ``PRETRAIN.EPOCHS``; its per-epoch curves.
+    ``train_eval_images``: the training images under one fixed draw of ``augment`` (the default:
+    one drawn here), on which the inference-mode training error is counted."""
     p = cfg.PRETRAIN
     torch.manual_seed(seed)
     model = ImageNetClassifier.from_config(cfg, NUM_CLASSES)
@@ -144,6 +153,8 @@ def train_curve(name: str, cfg, data: DigitsSplit, *, augment: Augment, seed: in
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, iters_per_epoch)
     curve = Curve(name, "", sum(t.numel() for t in model.parameters()))
+    if train_eval_images is None:
+        train_eval_images = augment(data.train_images, generator=torch.Generator().manual_seed(seed + 2))
     generator = torch.Generator().manual_seed(seed)  # the same order and shifts for every network
     start = time.perf_counter()
     for epoch in range(p.EPOCHS):
@@ -168,9 +179,11 @@ def train_curve(name: str, cfg, data: DigitsSplit, *, augment: Augment, seed: in
             seen += len(labels)
         curve.train_error.append(100 * wrong / seen)
         curve.train_loss.append(loss_sum / seen)
+        curve.train_error_eval.append(error_rate(model, train_eval_images, data.train_labels))
         curve.test_error.append(error_rate(model, data.test_images, data.test_labels))
-        log(f"{name} epoch {epoch + 1}/{p.EPOCHS}: train error {curve.train_error[-1]:.2f} %, "
-            f"loss {curve.train_loss[-1]:.4f}, test error {curve.test_error[-1]:.2f} %")
+        log(f"{name} epoch {epoch + 1}/{p.EPOCHS}: train error {curve.train_error[-1]:.2f} % running, "
+            f"{curve.train_error_eval[-1]:.2f} % at the end, loss {curve.train_loss[-1]:.4f}, "
+            f"test error {curve.test_error[-1]:.2f} %")
     curve.seconds = time.perf_counter() - start
     return curve
 
@@ -181,8 +194,11 @@ class DegradationResult:
     settings: Dict[str, object]
     seconds: float
 
-    def final_train_error(self, name: str) -> float:
-        return next(c.train_error[-1] for c in self.curves if c.name == name)
+    def final_train_error(self, name: str, *, running: bool = False) -> float:
+        """``name``'s training error after the last epoch: the network's own (inference mode), or
+        with ``running`` the last epoch's running error (training mode)."""
+        curve = next(c for c in self.curves if c.name == name)
+        return (curve.train_error if running else curve.train_error_eval)[-1]
 
 
 def experiment_overrides(*, epochs: int, batch_size: int, lr: float, images: torch.Tensor) -> List[str]:
@@ -200,19 +216,35 @@ def experiment_overrides(*, epochs: int, batch_size: int, lr: float, images: tor
             "MODEL.PIXEL_MEAN", str([mean] * 3), "MODEL.PIXEL_STD", str([std] * 3)]
 
 
-def _train_in_process(name: str, cfg, data: DigitsSplit, augment: Augment, seed: int, threads: int) -> Curve:
+def experiment_configs(config_files: Mapping[str, str], overrides: Sequence[str], *,
+                       zero_init_residual: bool = False) -> Dict[str, object]:
+    """name -> each config file with the shared ``overrides``; with ``zero_init_residual`` also
+    ``MODEL.RESNETS.ZERO_INIT_RESIDUAL`` in the networks that have shortcuts."""
+    cfgs = {name: load_pretrain_config(path, overrides) for name, path in config_files.items()}
+    if zero_init_residual:
+        cfgs = {name: cfg if cfg.MODEL.RESNETS.SHORTCUT == "none" else
+                load_pretrain_config(config_files[name], list(overrides) + ["MODEL.RESNETS.ZERO_INIT_RESIDUAL", "True"])
+                for name, cfg in cfgs.items()}
+    return cfgs
+
+
+def _train_in_process(name: str, cfg, data: DigitsSplit, augment: Augment, seed: int,
+                      train_eval_images: torch.Tensor, threads: int) -> Curve:
     torch.set_num_threads(threads)
-    return train_curve(name, cfg, data, augment=augment, seed=seed)
+    return train_curve(name, cfg, data, augment=augment, seed=seed, train_eval_images=train_eval_images)
 
 
 def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int = 24, batch_size: int = 32,
                     lr: float = 0.05, image_size: int = 8, max_shift: int = 1, clutter_fragments: int = 0,
-                    seed: int = 0, jobs: int = 1,
+                    seed: int = 0, jobs: int = 1, zero_init_residual: bool = False,
                     overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> DegradationResult:
     """Train each ``name -> config file`` alike on the digits; write the curves (JSON) and their
     plot (PNG) into ``output_dir``. ``lr`` is the rate for ``batch_size`` (the paper: 0.1 for 128).
     ``jobs`` > 1 trains that many networks at once, in processes of one thread each (the same
     numbers as one after the other: each network's seed, order and shifts are its own).
+    ``zero_init_residual`` starts the last norm of every residual branch at zero (Goyal et al.,
+    2017; timm's default), in the networks with shortcuts only: a plain network has no identity
+    for a zeroed block to fall back on.
 
     The defaults fit the 20 minutes of 2 shared CPU cores: the digits at their own 8x8 (the CIFAR
     body then ends at 2x2), shifts of up to 1 pixel (the paper's 4 of 32), and batches of 32, for
@@ -236,22 +268,24 @@ def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int 
     else:
         data = load_digits_split(image_size, seed=seed)
         augment = functools.partial(random_shift, max_shift=max_shift)
-    seen = augment(data.train_images, generator=torch.Generator().manual_seed(seed + 2))
-    shared = experiment_overrides(epochs=epochs, batch_size=batch_size, lr=lr, images=seen) + list(overrides)
-    cfgs = {name: load_pretrain_config(path, shared) for name, path in config_files.items()}  # all checked first
+    # one fixed draw of the augmented training images: their statistics, and the inference-mode training error
+    augmented_train = augment(data.train_images, generator=torch.Generator().manual_seed(seed + 2))
+    shared = experiment_overrides(epochs=epochs, batch_size=batch_size, lr=lr, images=augmented_train) + list(overrides)
+    cfgs = experiment_configs(config_files, shared, zero_init_residual=zero_init_residual)  # all checked first
     output_dir = Path(output_dir)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "image_size": image_size,
                 "max_shift": 0 if clutter_fragments else max_shift, "clutter_fragments": clutter_fragments,
                 "seed": seed, "train_images": len(data.train_labels),
                 "test_images": len(data.test_labels), "threads": torch.get_num_threads() if jobs == 1 else 1,
-                "jobs": jobs,
+                "jobs": jobs, "zero_init_residual": zero_init_residual,
                 "overrides": list(overrides)}
     log(f"degradation experiment: {len(data.train_labels)} train / {len(data.test_labels)} test digits at "
         f"{image_size}x{image_size}, {epochs} epochs, batch {batch_size}, lr {lr}, "
         + (f"{jobs} networks at once, 1 thread each" if jobs > 1 else f"{torch.get_num_threads()} thread(s)"))
     start = time.perf_counter()
     if jobs == 1:
-        curves = [train_curve(name, cfg, data, augment=augment, seed=seed, log=log) for name, cfg in cfgs.items()]
+        curves = [train_curve(name, cfg, data, augment=augment, seed=seed, train_eval_images=augmented_train, log=log)
+                  for name, cfg in cfgs.items()]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -259,7 +293,7 @@ def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int 
         # the costliest networks first, so that the cheap ones fill in after them
         order = sorted(cfgs, key=lambda n: -sum(ResNetArch.from_cfg(cfgs[n]).blocks_per_stage))
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {n: pool.submit(_train_in_process, n, cfgs[n], data, augment, seed, 1) for n in order}
+            futures = {n: pool.submit(_train_in_process, n, cfgs[n], data, augment, seed, augmented_train, 1) for n in order}
             curves = [futures[name].result() for name in cfgs]
     for curve in curves:
         curve.config = str(config_files[curve.name])
@@ -272,32 +306,39 @@ def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int 
 
 
 def plot_degradation(result: DegradationResult, path: Path) -> None:
-    """Training error (thin, dashed) and test error (bold) against epochs, plain networks left and
-    ResNets right, as the paper's figure 6."""
+    """Training error (thin: dashed the network's own at each epoch's end, dotted the running one)
+    and test error (bold) against epochs, plain networks left and ResNets right, as the paper's
+    figure 6. Each panel's error axis ends at twice its highest final error (at least 20 %, as the
+    paper's figure), so that the ends of the curves, where the comparison is, stay apart."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 4), tight_layout=True)
     FigureCanvasAgg(figure)
-    plain, residual = figure.subplots(1, 2, sharey=True)
+    plain, residual = figure.subplots(1, 2)
     for curve in result.curves:
         axes = plain if curve.name.lower().startswith("plain") else residual
         epochs = range(1, len(curve.train_error) + 1)
-        line, = axes.plot(epochs, curve.train_error, "--", linewidth=1, label=f"{curve.name} train")
+        line, = axes.plot(epochs, curve.train_error_eval, "--", linewidth=1, label=f"{curve.name} train")
+        axes.plot(epochs, curve.train_error, ":", linewidth=1, color=line.get_color(),
+                  label=f"{curve.name} train, running")
         axes.plot(epochs, curve.test_error, "-", linewidth=2, color=line.get_color(), label=f"{curve.name} test")
     for axes, title in ((plain, "plain networks"), (residual, "residual networks")):
-        axes.set(title=title, xlabel="epoch", ylabel="error (%)")
+        panel = [c for c in result.curves if c.name.lower().startswith("plain") == (axes is plain)]
+        highest = max((max(c.train_error_eval[-1], c.train_error[-1], c.test_error[-1]) for c in panel), default=50)
+        axes.set(title=title, xlabel="epoch", ylabel="error (%)", ylim=(0, min(100, max(20, 2 * highest))))
         axes.grid(alpha=0.3)
         if axes.lines:
-            axes.legend()
+            axes.legend(loc="upper right")
     with atomic_output(path) as f:
         figure.savefig(f, format="png", dpi=100)
 
 
 def summary(result: DegradationResult) -> str:
-    lines = [f"{'network':<12} {'params':>9} {'train error':>12} {'test error':>11} {'time':>8}"]
-    lines += [f"{c.name:<12} {c.params:>9,} {c.train_error[-1]:>11.2f}% {c.test_error[-1]:>10.2f}% {c.seconds:>7.0f}s"
-              for c in result.curves]
+    """The last epoch's errors: training (the network's own, and the running one), test."""
+    lines = [f"{'network':<12} {'params':>9} {'train error':>12} {'(running)':>10} {'test error':>11} {'time':>8}"]
+    lines += [f"{c.name:<12} {c.params:>9,} {c.train_error_eval[-1]:>11.2f}% {c.train_error[-1]:>9.2f}% "
+              f"{c.test_error[-1]:>10.2f}% {c.seconds:>7.0f}s" for c in result.curves]
     lines.append(f"total {result.seconds:.0f} s")
     return "\n".join(lines)
 
@@ -319,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clutter", type=int, default=0, metavar="FRAGMENTS",
                         help="cluttered digits: each 8x8 digit at a random place of an --image-size field with this "
                              "many 4x4 fragments of other digits (0: clean digits resized to --image-size, shifted)")
+    parser.add_argument("--zero-init-residual", action="store_true",
+                        help="start each residual branch's last norm at zero (MODEL.RESNETS.ZERO_INIT_RESIDUAL), in "
+                             "the ResNets only: a plain network has no shortcut to carry the signal past a zeroed block")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -345,7 +389,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             torch.set_num_threads(args.threads)
         result = run_degradation({n: str(f) for n, f in files.items()}, args.output_dir, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-                                 max_shift=args.max_shift, clutter_fragments=args.clutter, seed=args.seed, jobs=args.jobs, overrides=args.opts)
+                                 max_shift=args.max_shift, clutter_fragments=args.clutter, seed=args.seed, jobs=args.jobs,
+                                 zero_init_residual=args.zero_init_residual, overrides=args.opts)
         print(summary(result))
         print(f"curves: {Path(args.output_dir) / CURVES_NAME}, plot: {Path(args.output_dir) / PLOT_NAME}")
         return 0
