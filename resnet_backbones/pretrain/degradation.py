@@ -139,10 +139,10 @@ Augment = Callable[..., torch.Tensor]  # (uint8 images, generator=...) -> uint8 
 
 
 def train_curve(name: str, cfg, data: DigitsSplit, *, augment: Augment, seed: int,
-                train_eval_images: Optional[torch.Tensor] = None, log: Callable[[str], None] = print) -> Curve:
+                train_eval_images: torch.Tensor, log: Callable[[str], None] = print) -> Curve:
     """Train ``cfg``'s classifier on ``data`` for ``PRETRAIN.EPOCHS``; its per-epoch curves.
-    ``train_eval_images``: the training images under one fixed draw of ``augment`` (the default:
-    one drawn here), on which the inference-mode training error is counted."""
+    ``train_eval_images``: the training images under one fixed draw of ``augment``, on which the
+    inference-mode training error is counted."""
     p = cfg.PRETRAIN
     torch.manual_seed(seed)
     model = ImageNetClassifier.from_config(cfg, NUM_CLASSES)
@@ -153,8 +153,6 @@ def train_curve(name: str, cfg, data: DigitsSplit, *, augment: Augment, seed: in
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, iters_per_epoch)
     curve = Curve(name, "", sum(t.numel() for t in model.parameters()))
-    if train_eval_images is None:
-        train_eval_images = augment(data.train_images, generator=torch.Generator().manual_seed(seed + 2))
     generator = torch.Generator().manual_seed(seed)  # the same order and shifts for every network
     start = time.perf_counter()
     for epoch in range(p.EPOCHS):
@@ -284,8 +282,8 @@ def run_degradation(config_files: Mapping[str, str], output_dir, *, epochs: int 
         + (f"{jobs} networks at once, 1 thread each" if jobs > 1 else f"{torch.get_num_threads()} thread(s)"))
     start = time.perf_counter()
     if jobs == 1:
-        curves = [train_curve(name, cfg, data, augment=augment, seed=seed, train_eval_images=augmented_train, log=log)
-                  for name, cfg in cfgs.items()]
+        curves = [train_curve(name, cfg, data, augment=augment, seed=seed, train_eval_images=augmented_train,
+                              log=log) for name, cfg in cfgs.items()]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -316,15 +314,14 @@ def plot_degradation(result: DegradationResult, path: Path) -> None:
     figure = Figure(figsize=(11, 4), tight_layout=True)
     FigureCanvasAgg(figure)
     plain, residual = figure.subplots(1, 2)
-    for curve in result.curves:
-        axes = plain if curve.name.lower().startswith("plain") else residual
-        epochs = range(1, len(curve.train_error) + 1)
-        line, = axes.plot(epochs, curve.train_error_eval, "--", linewidth=1, label=f"{curve.name} train")
-        axes.plot(epochs, curve.train_error, ":", linewidth=1, color=line.get_color(),
-                  label=f"{curve.name} train, running")
-        axes.plot(epochs, curve.test_error, "-", linewidth=2, color=line.get_color(), label=f"{curve.name} test")
-    for axes, title in ((plain, "plain networks"), (residual, "residual networks")):
-        panel = [c for c in result.curves if c.name.lower().startswith("plain") == (axes is plain)]
+    for axes, title, is_plain in ((plain, "plain networks", True), (residual, "residual networks", False)):
+        panel = [c for c in result.curves if c.name.lower().startswith("plain") == is_plain]
+        for curve in panel:
+            epochs = range(1, len(curve.train_error) + 1)
+            line, = axes.plot(epochs, curve.train_error_eval, "--", linewidth=1, label=f"{curve.name} train")
+            axes.plot(epochs, curve.train_error, ":", linewidth=1, color=line.get_color(),
+                      label=f"{curve.name} train, running")
+            axes.plot(epochs, curve.test_error, "-", linewidth=2, color=line.get_color(), label=f"{curve.name} test")
         highest = max((max(c.train_error_eval[-1], c.train_error[-1], c.test_error[-1]) for c in panel), default=50)
         axes.set(title=title, xlabel="epoch", ylabel="error (%)", ylim=(0, min(100, max(20, 2 * highest))))
         axes.grid(alpha=0.3)
