@@ -5,7 +5,8 @@ For each thread count, depth, body kind (plain, FPN) and input size (batch 1, Fr
 same random weights and norm statistics as the inference section):
 
 - ``ours``: our backbone, eager, unfolded;
-- ``ours fast``: every fast path (folded norms, channels_last, ``compile_for_inference``);
+- ``ours fast``: every fast path (folded norms, channels_last, ``winograd_convolutions``,
+  ``compile_for_inference``);
 - ``onnxruntime`` and ``openvino``: the folded model exported by
   :func:`resnet_backbones.export.export_backbone_onnx` (``torch.onnx.export(dynamo=True)``),
   OpenVINO reshaped to the timed size, both at fp32 (OpenVINO's ``INFERENCE_PRECISION_HINT f32``);
@@ -39,6 +40,7 @@ from ..analysis import count_backbone
 from ..modeling.fold import fold_norms
 from ..modeling.inference import compile_for_inference, native_bfloat16
 from ..modeling.quantize import quantize_for_inference
+from ..modeling.winograd import winograd_convolutions
 from .models import backbone_cfg, build_backbone_pair, build_our_backbone, max_abs_diff
 from .timing import interleaved
 
@@ -149,7 +151,7 @@ def _variants(depth: int, kind: str, size, threads: int, work: Path, seed: int) 
     calibration = [torch.randn(1, 3, height, width, generator=generator) for _ in range(CALIBRATION_IMAGES)]
     variants: Dict[str, Dict[str, Any]] = {
         REFERENCE: {"run": ours, "precision": "fp32"},
-        FAST: {"run": compile_for_inference(fast_model), "precision": "fp32"},
+        FAST: {"run": compile_for_inference(winograd_convolutions(fast_model)), "precision": "fp32"},
     }
     bf16 = native_bfloat16(torch.device("cpu"))
     if bf16:

@@ -22,6 +22,8 @@ float32's), with the float32 weights cast once, as frozen constants. Outputs com
 input's dtype, so a Detectron2 head behind the backbone runs as before. Where the hardware has no
 native bfloat16 arithmetic (oneDNN would emulate it, slower than float32) it is refused.
 The int8 path is :func:`resnet_backbones.modeling.quantize.quantize_for_inference`.
+Float32's third switch, :func:`resnet_backbones.modeling.winograd.winograd_convolutions`, is applied
+to the model before compiling (it is refused with bfloat16).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
+
+from .winograd import has_winograd
 
 __all__ = ["InferenceCompiled", "check_bfloat16_support", "compile_for_inference", "dynamic_image_shapes",
            "native_bfloat16"]
@@ -98,6 +102,9 @@ class InferenceCompiled(nn.Module):
         self.device = _model_device(self.model)
         if dtype == torch.bfloat16:
             check_bfloat16_support(self.device)
+            if has_winograd(self.model):
+                raise ValueError("dtype=torch.bfloat16: the model holds Winograd convolutions "
+                                 "(winograd_convolutions), which are float32 only; compile the model without them")
         self.autocast_dtype = dtype if dtype == torch.bfloat16 else None
         #: "float32", "bfloat16" or, for a program of quantize_for_inference, "int8"
         self.precision = precision or ("bfloat16" if self.autocast_dtype else "float32")
