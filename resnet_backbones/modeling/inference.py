@@ -22,8 +22,8 @@ float32's), with the float32 weights cast once, as frozen constants. Outputs com
 input's dtype, so a Detectron2 head behind the backbone runs as before. Where the hardware has no
 native bfloat16 arithmetic (oneDNN would emulate it, slower than float32) it is refused.
 The int8 path is :func:`resnet_backbones.modeling.quantize.quantize_for_inference`.
-Float32's third switch, :func:`resnet_backbones.modeling.winograd.winograd_convolutions`, is applied
-to the model before compiling (it is refused with bfloat16).
+In float32, :func:`resnet_backbones.modeling.winograd.winograd_convolutions` can be applied to the
+model before compiling; a model holding its convolutions is refused with bfloat16.
 """
 from __future__ import annotations
 

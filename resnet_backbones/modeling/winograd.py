@@ -26,7 +26,7 @@ multiplications, made the whole R-50 slower at 224x224 and at 800x1216: inductor
 
 :func:`winograd_convolutions` is an inference transform like
 :func:`~resnet_backbones.modeling.fold.fold_norms`, applied after folding: every 3x3 stride-1
-convolution whose norm is folded or absent (a bottleneck's ``conv2``, a basic block's two
+convolution whose norm is folded or absent (a bottleneck's ``conv2``, a basic block's stride-1
 convolutions, the FPN's output convolutions). The filter transform is computed once, in float64.
 Float32 only: ``compile_for_inference`` refuses ``dtype=torch.bfloat16`` on a model holding one,
 as bfloat16 products of transformed operands lose more than the direct convolution's. Outputs
@@ -75,8 +75,8 @@ def _signed_sum(terms, coefficients):
 class WinogradConv2d(nn.Module):
     """A 3x3, stride-1, padding-1 convolution (and the activation its module held) computed by
     F(2x2, 3x3) on maps of ``MIN_PIXELS`` to ``MAX_PIXELS`` pixels, directly on others (see the
-    module doc). It takes the place of the convolution it is made from: ``forward`` and
-    ``convolve`` as our ``ConvNorm`` and Detectron2's ``Conv2d`` have them."""
+    module doc). It takes the place of the convolution it is made from: ``forward`` as our
+    ``ConvNorm`` and Detectron2's ``Conv2d`` have it, ``convolve`` as ``ConvNorm`` has it."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
