@@ -55,6 +55,20 @@ def test_maps_outside_the_range_run_the_direct_convolution(monkeypatch):
     assert calls == [1]
 
 
+def test_wide_convolutions_are_transformed_on_large_maps_too(monkeypatch):
+    conv = conv3x3(winograd.WIDE_CHANNELS, winograd.WIDE_CHANNELS)
+    layer = WinogradConv2d(conv)
+    calls = []
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or torch.ops.aten.bmm(*a))
+    x = torch.randn(1, winograd.WIDE_CHANNELS, 70, 66, generator=torch.Generator().manual_seed(2))
+    assert 70 * 66 > winograd.MAX_PIXELS and layer.transforms(70, 66)
+    reference = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    assert torch.allclose(layer(x).double(), reference, rtol=0, atol=2e-6 * reference.abs().max().item())
+    assert calls == [1]
+    narrow = WinogradConv2d(conv3x3(winograd.WIDE_CHANNELS, winograd.WIDE_CHANNELS // 2))
+    assert narrow.transforms(64, 64) and not narrow.transforms(70, 66)
+
+
 def test_detectron2_conv_keeps_its_activation():
     torch.manual_seed(0)
     conv = Conv2d(8, 8, 3, padding=1, bias=True, activation=F.relu).eval()

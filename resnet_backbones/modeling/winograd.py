@@ -13,14 +13,19 @@ transforms are additions of strided slices, which ``compile_for_inference`` fuse
 each (with the bias, and the ReLU or residual addition that follows).
 
 Where it pays (measured at batch 1, one core of an Intel Xeon, inductor's code against oneDNN's
-direct convolution, both compiled with frozen weights): on maps of 14x14 up to 80x80 the 16
-products run near the core's matrix-product peak while the direct convolution of such maps does
-not (256 channels at 50x76: 25.8 ms direct, 17.0 ms transformed). Below 14x14 the transformed
-filters (16/9 of the filter's size) are read for too few tiles and the products are bound by
-memory (7x7, 512 channels: slower than direct). On the large maps of an 800x1216 input (100x152,
-200x304) the transforms' extra passes over maps far bigger than the caches made the whole R-50
-slower than the direct convolutions. :class:`WinogradConv2d` therefore runs the direct
-convolution outside ``MIN_PIXELS .. MAX_PIXELS`` (height x width). F(4x4, 3x3), with 4x fewer
+direct convolution, both compiled with frozen weights and freed memory kept for reuse, as
+``compile_for_inference`` does): from 14x14 maps up, the 16 products run near or above the core's
+matrix-product peak while the direct convolution runs at it (256 channels at 50x76: 23.4 ms
+direct, 15.7 ms transformed; at 200x304: 362 and 256 ms). Below 14x14 the transformed filters
+(16/9 of the filter's size) are read for too few tiles and the products are bound by memory (7x7,
+512 channels: no faster than direct). With 64 channels the products are small beside the
+transforms' passes over the map, which pay only while the map stays in the caches: faster up to
+64x64 (56x56: 1.2 ms direct, 1.0 transformed), slower from 100x152 (6.2 and 6.5 ms; 200x304: 24.5
+and 33.0 ms). :class:`WinogradConv2d` therefore transforms maps of ``MIN_PIXELS`` pixels (height
+x width) and more, up to ``MAX_PIXELS`` unless both channel counts are at least
+``WIDE_CHANNELS``, and runs the direct convolution elsewhere. Without kept memory (glibc returns
+every buffer over 32 MiB to the system, so each call faults its pages in again) the large
+maps' transformed buffers made them slower than direct. F(4x4, 3x3), with 4x fewer
 multiplications, made the whole R-50 slower at 224x224 and at 800x1216: inductor's code for its
 6x6 input transform costs more than its products save.
 
@@ -48,8 +53,10 @@ INPUT_TRANSFORM = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))   
 FILTER_TRANSFORM = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))        # G
 OUTPUT_TRANSFORM = ((1, 1, 1, 0), (0, 1, -1, -1))                                   # A^T
 TILE, ALPHA = 2, 4
-#: the maps (height x width) on which the transformed convolution runs; the direct one elsewhere
+#: the maps (height x width) on which the transformed convolution runs (see the module doc)
 MIN_PIXELS, MAX_PIXELS = 14 * 14, 64 * 64
+#: convolutions with at least this many input and output channels are transformed above MAX_PIXELS too
+WIDE_CHANNELS = 128
 
 
 def winograd_eligible(module: nn.Module) -> bool:
@@ -74,8 +81,7 @@ def _signed_sum(terms, coefficients):
 
 class WinogradConv2d(nn.Module):
     """A 3x3, stride-1, padding-1 convolution (and the activation its module held) computed by
-    F(2x2, 3x3) on maps of ``MIN_PIXELS`` to ``MAX_PIXELS`` pixels, directly on others (see the
-    module doc). It takes the place of the convolution it is made from: ``forward`` as our
+    F(2x2, 3x3) on the maps :meth:`transforms` accepts, directly on others (see the module doc). It takes the place of the convolution it is made from: ``forward`` as our
     ``ConvNorm`` and Detectron2's ``Conv2d`` have it, ``convolve`` as ``ConvNorm`` has it."""
 
     def __init__(self, conv: nn.Conv2d):
@@ -94,12 +100,18 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None, persistent=False)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), F(2x2, 3x3) on maps of "
-                f"{MIN_PIXELS} to {MAX_PIXELS} pixels")
+        largest = "" if min(self.in_channels, self.out_channels) >= WIDE_CHANNELS else f" to {MAX_PIXELS}"
+        return f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), F(2x2, 3x3) on maps of {MIN_PIXELS}{largest} pixels"
+
+    def transforms(self, height: int, width: int) -> bool:
+        """Whether a map of ``height`` x ``width`` is computed by F(2x2, 3x3) (else directly)."""
+        pixels = height * width
+        wide = min(self.in_channels, self.out_channels) >= WIDE_CHANNELS
+        return MIN_PIXELS <= pixels and (pixels <= MAX_PIXELS or wide)
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
-        if not MIN_PIXELS <= height * width <= MAX_PIXELS:
+        if not self.transforms(height, width):
             return nn.functional.conv2d(x, self.weight, self.bias, padding=1)
         tiles_h, tiles_w = -(-height // TILE), -(-width // TILE)
         # (N, H, W, C) with the convolution's padding, and more to whole tiles
