@@ -35,10 +35,9 @@ process then holds its peak memory, as PyTorch's CUDA caching allocator holds de
 """
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import ctypes
 import platform
+from typing import Any, Optional
 
 import torch
 from torch import nn

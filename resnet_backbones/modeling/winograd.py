@@ -81,8 +81,9 @@ def _signed_sum(terms, coefficients):
 
 class WinogradConv2d(nn.Module):
     """A 3x3, stride-1, padding-1 convolution (and the activation its module held) computed by
-    F(2x2, 3x3) on the maps :meth:`transforms` accepts, directly on others (see the module doc). It takes the place of the convolution it is made from: ``forward`` as our
-    ``ConvNorm`` and Detectron2's ``Conv2d`` have it, ``convolve`` as ``ConvNorm`` has it."""
+    F(2x2, 3x3) on the maps :meth:`transforms` accepts, directly on others (see the module doc).
+    It takes the place of the convolution it is made from: ``forward`` as our ``ConvNorm`` and
+    Detectron2's ``Conv2d`` have it, ``convolve`` as ``ConvNorm`` has it."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -90,6 +91,8 @@ class WinogradConv2d(nn.Module):
             raise ValueError(f"{type(conv).__name__} {tuple(conv.weight.shape)}, stride {conv.stride}, padding "
                              f"{conv.padding}, groups {conv.groups}: not a 3x3 stride-1 convolution with no norm left")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        #: the largest map (pixels) transformed; None: no bound (WIDE_CHANNELS or more, in and out)
+        self.max_pixels = None if min(self.in_channels, self.out_channels) >= WIDE_CHANNELS else MAX_PIXELS
         self.activation = getattr(conv, "activation", None)
         weight = conv.weight.detach()
         g = torch.tensor(FILTER_TRANSFORM, dtype=torch.float64, device=weight.device)
@@ -100,14 +103,14 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None, persistent=False)
 
     def extra_repr(self) -> str:
-        largest = "" if min(self.in_channels, self.out_channels) >= WIDE_CHANNELS else f" to {MAX_PIXELS}"
-        return f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), F(2x2, 3x3) on maps of {MIN_PIXELS}{largest} pixels"
+        largest = " and more" if self.max_pixels is None else f" to {self.max_pixels}"
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), F(2x2, 3x3) on maps of "
+                f"{MIN_PIXELS}{largest} pixels")
 
     def transforms(self, height: int, width: int) -> bool:
         """Whether a map of ``height`` x ``width`` is computed by F(2x2, 3x3) (else directly)."""
         pixels = height * width
-        wide = min(self.in_channels, self.out_channels) >= WIDE_CHANNELS
-        return MIN_PIXELS <= pixels and (pixels <= MAX_PIXELS or wide)
+        return MIN_PIXELS <= pixels and (self.max_pixels is None or pixels <= self.max_pixels)
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
