@@ -33,7 +33,8 @@ def training_pipeline(root: Path, crop_size: int) -> Tuple[Dataset, Callable, st
     if importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.pretrain") is None:
         return _torchvision_pipeline(root, crop_size)
     from ..pretrain.config import get_pretrain_default_config
-    from ..pretrain.data import ImageFolderDataset, collate, scan_imagenet_layout, train_transform
+    from ..data.image_folder import scan_imagenet_layout
+    from ..pretrain.data import ImageFolderDataset, collate, train_transform
     cfg = get_pretrain_default_config()
     cfg.PRETRAIN.CROP_SIZE = crop_size
     layout = scan_imagenet_layout(root)

@@ -17,7 +17,7 @@ and sorts what it finds by what Detectron2 would do with it:
 clipped box is resolved: repaired where the repair is unambiguous (sizes from the real files,
 boxes clipped to the image, duplicate annotation ids renumbered), otherwise the annotation or
 image is removed and listed as not fixed. :func:`check_imagenet_folder` checks the pretraining
-layout (through :func:`resnet_backbones.pretrain.data.scan_imagenet_layout`) and its images.
+layout (through :func:`resnet_backbones.data.image_folder.scan_imagenet_layout`) and its images.
 :func:`check_sem_seg_dataset` checks Detectron2's semantic layout (image + label PNG pairs): every
 label a single-channel class map of its image's size whose values are classes or the ignore label
 (any other value fails the loss mid-training, or is trained as a class the head does not have).
@@ -41,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..cli import exits_cleanly
 from ..fileio import write_json_atomic
+from .image_folder import scan_imagenet_layout
 
 __all__ = ["DatasetReport", "Problem", "check_coco_dataset", "check_imagenet_folder", "check_sem_seg_dataset",
            "fix_coco_dataset", "load_coco_json_file", "main"]
@@ -562,7 +563,6 @@ def not_fixed(report: DatasetReport) -> List[Problem]:
 # ------------------------------------------------------------------------ ImageNet layout
 def check_imagenet_folder(root: PathLike, *, decode: bool = False, workers: int = 8) -> DatasetReport:
     """The layout (``ValueError`` as pretraining gives it) and every undecodable image of an ImageNet folder."""
-    from ..pretrain.data import scan_imagenet_layout  # the one home of the layout rules
 
     layout = scan_imagenet_layout(root)
     samples = layout.train + layout.val

@@ -1,4 +1,5 @@
-"""ImageNet-style folders: the layout check, decoding that names bad files, transforms, loaders.
+"""ImageNet-style folders for pretraining: decoding that names bad files, transforms, loaders (the
+layout rules live in :mod:`resnet_backbones.data.image_folder`).
 
 Images leave the loader as uint8 RGB tensors; the conversion to the model's input convention
 (channel order, mean, std) happens on the device, in :meth:`ImageNetClassifier.forward`, the way
@@ -7,9 +8,6 @@ a Detectron2 detector normalises its input. Moving uint8 is also four times less
 from __future__ import annotations
 
 import itertools
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -17,10 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
+from ..data.image_folder import ImageFolderLayout
 from .config import val_crop_size, val_resize_size
-
-#: File extensions read as images (torchvision's ImageFolder list).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 #: How many undecodable files in a row a training sample may step over before giving up.
 MAX_CONSECUTIVE_BAD = 100
@@ -28,70 +24,8 @@ MAX_CONSECUTIVE_BAD = 100
 Failure = Tuple[str, str]  # (path, reason)
 
 
-def expected_layout(root) -> str:
-    return (f"expected the ImageNet layout, one folder per class:\n"
-            f"  {root}/train/<class>/<image>.JPEG\n"
-            f"  {root}/val/<class>/<image>.JPEG   (the same class folders as train/)\n"
-            f"image files end in {', '.join(IMAGE_EXTENSIONS)} (any case)")
-
-
 class BadImageError(ValueError):
     """An image that cannot be decoded; the message names the file."""
-
-
-@dataclass
-class ImageFolderLayout:
-    root: Path
-    classes: List[str]
-    train: List[Tuple[str, int]]
-    val: List[Tuple[str, int]]
-
-
-def _images_under(folder: Path) -> List[str]:
-    found = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        found += [os.path.join(parent, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
-
-
-def scan_imagenet_layout(root) -> ImageFolderLayout:
-    """The classes and ``(path, class index)`` samples of ``root/train`` and ``root/val``.
-
-    Raises ``ValueError`` with the layout expected when ``root`` does not have it.
-    """
-    root = Path(root)
-    layout = expected_layout(root)
-    if not root.is_dir():
-        raise ValueError(f"{root}: no such directory; {layout}")
-    classes_of = {}
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise ValueError(f"{root}: no {split}/ folder; {layout}")
-        classes_of[split] = sorted(e.name for e in os.scandir(root / split) if e.is_dir())
-        if not classes_of[split]:
-            raise ValueError(f"{root / split}: no class folders; {layout}")
-    classes = classes_of["train"]
-    if classes_of["val"] != classes:
-        only_train = sorted(set(classes) - set(classes_of["val"]))
-        only_val = sorted(set(classes_of["val"]) - set(classes))
-        raise ValueError(f"{root}: the class folders of train/ and val/ differ (only in train/: "
-                         f"{_few(only_train)}; only in val/: {_few(only_val)}); {layout}")
-    samples = {}
-    for split in ("train", "val"):
-        samples[split] = []
-        for index, name in enumerate(classes):
-            files = _images_under(root / split / name)
-            if not files and split == "train":
-                raise ValueError(f"{root / split / name}: no images in this class folder; {layout}")
-            samples[split] += [(f, index) for f in files]
-    if not samples["val"]:
-        raise ValueError(f"{root / 'val'}: no images; {layout}")
-    return ImageFolderLayout(root, classes, samples["train"], samples["val"])
-
-
-def _few(names: Sequence[str], limit: int = 5) -> str:
-    return (", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")) or "none"
 
 
 def decode_rgb(path: str) -> Image.Image:

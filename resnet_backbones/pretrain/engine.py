@@ -29,12 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from ..data.image_folder import ImageFolderLayout, scan_imagenet_layout
 from ..engine.preemption import Preempted, preempted_message, rng_state, set_rng_state, stop_requested
 from ..fileio import atomic_output
 from ..modeling.arch import ResNetArch
 from ..weights.pretrained import PRETRAIN_FORMAT, PRETRAIN_FORMAT_VERSION
 from .config import input_convention, learning_rate, val_crop_size, val_resize_size
-from .data import MAX_CONSECUTIVE_BAD, ImageFolderLayout, build_loaders, check_failures, scan_imagenet_layout
+from .data import MAX_CONSECUTIVE_BAD, build_loaders, check_failures
 from .distributed import DistContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from .model import ImageNetClassifier
 from .optim import WeightEMA, build_optimizer, build_scheduler
