@@ -1,5 +1,6 @@
 """Deployment export: scripting equals eager for body, FPNs and the C4 head; the exported demo
-Mask R-CNN (ONNX run by onnxruntime, TorchScript loaded back) gives PyTorch's detections;
+Mask R-CNN (ONNX run by onnxruntime, TorchScript loaded back), RetinaNet and Faster R-CNN (ONNX,
+scripted) give PyTorch's detections;
 torch.export of the backbone; folding and channels_last survive; the tool's bad input."""
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from PIL import Image
 from resnet_backbones.config import load_config
 from resnet_backbones.data import DEMO_STYLE, ensure_synthetic_coco
 from resnet_backbones.data.synthetic_coco import coco_split_paths
-from resnet_backbones.export import (build_model_from_config, detector_inference, export_backbone_program, instances_from_outputs,
+from resnet_backbones.export import (build_model_from_config, detector_inference, export_backbone_program, export_detector,
+                                     instances_from_outputs,
                                      load_torchscript, main, prepare_image, run_onnx, script_detector,
                                      script_module)
 from resnet_backbones.modeling.arch import ResNetArch
@@ -304,15 +306,42 @@ def test_the_lazy_config_of_the_demo_model_exports_the_same_detector(demo_export
         assert_same_detections(instances_from_outputs(outputs), expected, height, width)
 
 
+def small_detector(config):
+    """A random R-18 RetinaNet or Faster R-CNN whose scores differ from detection to detection."""
+    cfg = load_config(config, SMALL + ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18",
+                                       "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
+    torch.manual_seed(0)
+    model = randomize_norms(build_model(cfg)).eval()
+    if config == RETINANET_CONFIG:  # its prior-probability init gives every anchor the same score
+        torch.nn.init.normal_(model.head.cls_score.weight, std=0.1)
+        torch.nn.init.normal_(model.head.cls_score.bias, mean=-3.0)
+    return model
+
+
+def test_retinanet_and_faster_rcnn_in_onnx_runtime_give_pytorchs_detections(tmp_path):
+    for config in (RETINANET_CONFIG, FPN_CONFIG):
+        model = small_detector(config)
+        sample = torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(0)) * 255
+        path = export_detector(model, sample, tmp_path / f"{Path(config).stem}.onnx", format="onnx")
+        # another image than the tracing sample (of its size, which the traced graph fixes, as
+        # Detectron2's export_model.py does): detections are computed, not the sample's constants
+        image = torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(1)) * 255
+        outputs = run_onnx(path, image)
+        assert set(outputs) == {"pred_boxes", "pred_classes", "scores", "image_size"}, config
+        expected = detector_inference(model, [{"image": image}])[0]
+        actual = instances_from_outputs(outputs)
+        assert 10 <= len(expected) == len(actual), config
+        distance = torch.cdist(expected.pred_boxes.tensor, actual.pred_boxes.tensor, p=float("inf"))
+        distance[expected.pred_classes[:, None] != actual.pred_classes[None, :]] = float("inf")
+        actual = actual[distance.argmin(dim=1)]  # paired by class and box, as assert_same_detections does
+        assert torch.equal(actual.pred_classes, expected.pred_classes), config
+        torch.testing.assert_close(actual.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=1e-3)
+        torch.testing.assert_close(actual.scores, expected.scores, rtol=0, atol=1e-4)
+
+
 def test_scripted_retinanet_and_faster_rcnn_equal_eager():
     for config in (RETINANET_CONFIG, FPN_CONFIG):
-        cfg = load_config(config, SMALL + ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18",
-                                           "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
-        torch.manual_seed(0)
-        model = randomize_norms(build_model(cfg)).eval()
-        if config == RETINANET_CONFIG:  # its prior-probability init gives every anchor the same score
-            torch.nn.init.normal_(model.head.cls_score.weight, std=0.1)
-            torch.nn.init.normal_(model.head.cls_score.bias, mean=-3.0)
+        model = small_detector(config)
         scripted = script_detector(model)
         image = torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(0)) * 255
         with torch.no_grad():
