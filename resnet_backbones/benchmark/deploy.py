@@ -160,7 +160,7 @@ def _variants(depth: int, kind: str, size, threads: int, work: Path, seed: int) 
         variants["ours int8"] = {"run": quantize_for_inference(fast_model, calibration), "precision": "int8"}
     if _missing("onnx") or _missing("onnxscript"):
         return variants
-    names = list(ours(calibration[0]))
+    names = list(ours.output_shape())  # the feature maps in forward's order, as the export names them
     onnx_path = work / f"R{depth}_{kind}.onnx"
     if not onnx_path.exists():
         export_backbone_onnx(fold_norms(ours), calibration[0], onnx_path)
