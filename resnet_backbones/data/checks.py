@@ -563,7 +563,6 @@ def not_fixed(report: DatasetReport) -> List[Problem]:
 # ------------------------------------------------------------------------ ImageNet layout
 def check_imagenet_folder(root: PathLike, *, decode: bool = False, workers: int = 8) -> DatasetReport:
     """The layout (``ValueError`` as pretraining gives it) and every undecodable image of an ImageNet folder."""
-
     layout = scan_imagenet_layout(root)
     samples = layout.train + layout.val
     headers = read_image_headers([path for path, _ in samples], decode, workers)

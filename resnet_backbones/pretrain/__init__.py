@@ -3,8 +3,8 @@
 ``tools/pretrain_imagenet.py`` is :func:`resnet_backbones.pretrain.cli.main`; ``pretrain`` is the
 function behind it. Checkpoints convert with ``tools/convert_weights.py`` (``--ema`` for the EMA).
 """
-from .config import add_pretrain_config, get_pretrain_default_config, load_pretrain_config
 from ..data.image_folder import scan_imagenet_layout
+from .config import add_pretrain_config, get_pretrain_default_config, load_pretrain_config
 from .data import BadImageError
 from .engine import CHECKPOINT_NAME, METRICS_NAME, PLOT_NAME, PretrainResult, pretrain
 from .model import ImageNetClassifier
