@@ -14,8 +14,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
@@ -62,6 +63,30 @@ def pretrain_on_object_crops(data_root: str, output_dir: Path, config_file: str 
     return weights
 
 
+def open_demo_run(output_dir: str, config_file: str, overrides: Optional[List[str]]) -> Tuple[CfgNode, Path]:
+    """A demo's config (``OUTPUT_DIR`` set to ``output_dir``, then ``overrides``) and its output
+    folder, made, with Detectron2's and our logs written there."""
+    output = Path(output_dir)
+    cfg = load_config(config_file, ["OUTPUT_DIR", str(output)] + list(overrides or []))
+    output.mkdir(parents=True, exist_ok=True)
+    setup_logger(str(output), name="detectron2")
+    setup_logger(str(output), name="resnet_backbones")
+    return cfg, output
+
+
+def start_from_object_crops(cfg: CfgNode, data_root: str, output: Path, pretrain_config: Optional[str],
+                            pretrain_overrides: Optional[List[str]], overrides: Optional[List[str]],
+                            logger: logging.Logger) -> None:
+    """Sets ``cfg.MODEL.WEIGHTS`` to a body pretrained on crops of the training objects
+    (:func:`pretrain_on_object_crops` into ``output/pretrain``), unless ``pretrain_config`` is None
+    or the user's ``overrides`` set ``MODEL.WEIGHTS``; then freezes ``cfg``."""
+    if pretrain_config and "MODEL.WEIGHTS" not in list(overrides or [])[::2]:
+        logger.info("Pretraining the body on crops of the training objects (%s)", pretrain_config)
+        cfg.MODEL.WEIGHTS = str(pretrain_on_object_crops(data_root, output / "pretrain", pretrain_config,
+                                                         pretrain_overrides, log=logger.info))
+    cfg.freeze()
+
+
 def run_demo(output_dir: str = "output/demo", config_file: str = str(DEMO_CONFIG),
              data_root: Optional[str] = None, overrides: Optional[List[str]] = None,
              num_pictures: int = 4, num_train: int = 400, num_val: int = 50,
@@ -71,22 +96,13 @@ def run_demo(output_dir: str = "output/demo", config_file: str = str(DEMO_CONFIG
     ``summary.json``). With ``pretrain_config`` None, or ``MODEL.WEIGHTS`` among the overrides,
     the detector starts from those weights (random ones for ``MODEL.WEIGHTS ""``) instead."""
     start = time.perf_counter()
-    output = Path(output_dir)
-    overrides = ["OUTPUT_DIR", str(output)] + list(overrides or [])
-    cfg = load_config(config_file, overrides)
-    output.mkdir(parents=True, exist_ok=True)
-    setup_logger(str(output), name="detectron2")
-    setup_logger(str(output), name="resnet_backbones")
+    cfg, output = open_demo_run(output_dir, config_file, overrides)
     logger = logging.getLogger("resnet_backbones.demo")
 
     root = data_root or synthetic_root()
     ensure_synthetic_coco(root, num_train=num_train, num_val=num_val, style=DEMO_STYLE)
     register_synthetic_coco(root)
-    if pretrain_config and "MODEL.WEIGHTS" not in overrides[::2]:
-        logger.info("Pretraining the body on crops of the training objects (%s)", pretrain_config)
-        cfg.MODEL.WEIGHTS = str(pretrain_on_object_crops(root, output / "pretrain", pretrain_config,
-                                                         pretrain_overrides, log=logger.info))
-    cfg.freeze()
+    start_from_object_crops(cfg, root, output, pretrain_config, pretrain_overrides, overrides, logger)
     # a fresh run: Detectron2's JSONWriter appends, and the curves must be this run's
     (output / "metrics.json").unlink(missing_ok=True)
 
