@@ -12,9 +12,11 @@ Correctness only: speed is what ``tools/benchmark.py`` reports, never asserted h
 """
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from torch import nn
 from resnet_backbones.benchmark import main as benchmark_main
 from resnet_backbones.benchmark.models import backbone_cfg, mask_rcnn_cfg, max_abs_diff
 from resnet_backbones.benchmark.report import evaluate_goals
-from resnet_backbones.benchmark.timing import peak_memory_bytes
+from resnet_backbones.benchmark.timing import interleaved, peak_memory_bytes
 from resnet_backbones.config import NEW_KEYS
 from resnet_backbones.modeling.fold import fold_norms, folded_convs
 from resnet_backbones.modeling.inference import compile_for_inference, native_bfloat16
@@ -431,6 +433,28 @@ def test_inference_goals_are_judged_on_full_runs_only(quick, switches, equal_met
     slow = {"quick": False, "inference": inference_rows([1.0, 0.9, 1.2], switches)}
     verdicts = [g["met"] for g in evaluate_goals(slow, "cpu")]
     assert verdicts == [False, False if switches.get("compile") else None], "a full run judges"
+
+
+def test_settled_rounds_time_each_candidate_after_calls_of_its_own():
+    """A candidate slowed by the one before it (as by a runtime's threads still spinning) is timed
+    at its steady speed once turns are settled; unsettled, some of its timed calls are the slow ones."""
+    calls = []
+
+    def candidate(name):
+        def call():
+            time.sleep(0.03 if calls and calls[-1] != name else 0.001)
+            calls.append(name)
+        return call
+
+    candidates = {"ours": candidate("ours"), "theirs": candidate("theirs")}
+    settled = interleaved(candidates, warmup=1, min_repeats=4, max_repeats=4, settle_s=0.005)
+    runs = [len(list(group)) for _, group in itertools.groupby(calls)]
+    assert min(runs) >= 2 and len(calls) >= 2 * 2 * (1 + 4)  # every timed call follows one of its own
+    assert all(len(m.times) == 4 and max(m.times) < 0.02 for m in settled.values())
+    calls.clear()
+    unsettled = interleaved(candidates, warmup=1, min_repeats=4, max_repeats=4)
+    assert len(calls) == 2 * (1 + 4)
+    assert all(max(m.times) >= 0.03 for m in unsettled.values())
 
 
 def test_deploy_goals_hold_at_every_setting_and_are_judged_on_full_runs_only():

@@ -18,9 +18,12 @@ same random weights and norm statistics as the inference section):
 
 Outputs are compared with ``ours`` before timing (max |diff| for fp32, the lowest cosine
 similarity of any feature map for bf16 and int8). Every variant of one setting is timed in the
-same interleaved rounds; ``GFLOP/s`` is 2 x multiply-adds (fvcore's count) / median time,
-beside the peak: the best of three compute-bound 3x3 convolutions (``PEAK_SHAPES``, compiled
-and frozen as ours, fp32 and bf16) timed at the same thread count in the same run.
+same interleaved rounds, each variant's turn settled by ``SETTLE_S`` seconds of untimed calls of
+its own (the runtimes' worker threads, still spinning after their call, would otherwise slow the
+variant timed next: see :mod:`resnet_backbones.benchmark.timing`). ``GFLOP/s`` is 2 x
+multiply-adds (fvcore's count) / median time, beside the peak: the best of three compute-bound
+3x3 convolutions (``PEAK_SHAPES``, compiled and frozen as ours, fp32 and bf16) timed at the same
+thread count in the same run.
 
 onnxruntime and openvino are optional (the ``[deploy]`` extra); a runtime that is missing is left
 out with a message. Threads: torch's, ONNX Runtime's ``intra_op_num_threads`` and OpenVINO's
@@ -54,6 +57,8 @@ OPENVINO = {"fp32": "openvino", "bf16": "openvino bf16"}
 #: compute-bound 3x3 convolutions (N, C, H, W), C -> C channels: res2-res4 widths at larger sizes
 PEAK_SHAPES = ((1, 128, 112, 112), (1, 256, 56, 56), (1, 512, 28, 28))
 CALIBRATION_IMAGES = 4
+#: untimed calls of a variant before each timed one, in seconds (at least one call)
+SETTLE_S = 0.1
 
 
 def _missing(module: str) -> Optional[str]:
@@ -238,7 +243,8 @@ def _measure(depth, kind, size, threads, peak, work, options, log) -> List[Dict[
         return run
 
     timed = interleaved({name: runner(v["run"]) for name, v in variants.items()}, warmup=options.warmup,
-                        min_repeats=options.min_repeats, max_repeats=options.max_repeats, budget_s=options.budget_s)
+                        min_repeats=options.min_repeats, max_repeats=options.max_repeats, budget_s=options.budget_s,
+                        settle_s=SETTLE_S)
     medians = {name: m.median for name, m in timed.items()}
     rows = []
     for name, variant in variants.items():

@@ -4,7 +4,12 @@ Timing: every candidate of a comparison is warmed up, then the candidates run in
 theirs, ours, ...; the order reverses every round so that neither always runs first), each
 round timing one call of each; the reported figure is the median. Ratios are only ever taken
 between candidates of the same interleaved run, which is what makes them meaningful on a busy
-machine where absolute times drift.
+machine where absolute times drift. Where the candidates are different runtimes on several
+threads, what one leaves running slows the next: ONNX Runtime's intra-op pool and OpenMP's
+threads spin for tens of milliseconds after a call (measured: our compiled R-50 at 224x224, two
+threads, right after an ONNX Runtime call 48 ms instead of 25). ``settle_s`` therefore starts
+each candidate's turn with untimed calls of its own, so that each one is timed in the steady
+state of calls back to back, as a server running it alone would see it.
 
 Peak memory: on GPU, ``torch.cuda.max_memory_allocated`` during the call, minus what was
 allocated before it. On CPU, where PyTorch keeps no allocator statistics, the profiler's
@@ -79,21 +84,35 @@ def interleaved(
     max_repeats: int = 10,
     budget_s: float = 30.0,
     sync: Callable[[], None] = lambda: None,
+    settle_s: float = 0.0,
 ) -> Dict[str, Measurement]:
     """Times each candidate (a function of no arguments) in interleaved rounds.
 
     After ``warmup`` untimed calls of each, runs as many rounds as fit in ``budget_s`` seconds
-    (estimated from the last warm-up round), but at least ``min_repeats`` and at most
-    ``max_repeats``. Returns one :class:`Measurement` per candidate, in the given order.
+    (estimated from the last warm-up round, settling included), but at least ``min_repeats`` and
+    at most ``max_repeats``. With ``settle_s`` > 0, each candidate's turn in a round begins with
+    untimed calls of it for at least ``settle_s`` seconds (one at the least; see the module doc).
+    Returns one :class:`Measurement` per candidate, in the given order.
     """
     names = list(candidates)
     load_before = load_average()
+
+    def settle(name: str) -> None:
+        if settle_s > 0:
+            start = time.perf_counter()
+            while True:
+                candidates[name]()
+                sync()
+                if time.perf_counter() - start >= settle_s:
+                    return
+
     round_time = 0.0
     for _ in range(max(warmup, 1)):
         round_time = 0.0
         for name in names:
             sync()
             start = time.perf_counter()
+            settle(name)
             candidates[name]()
             sync()
             round_time += time.perf_counter() - start
@@ -102,6 +121,7 @@ def interleaved(
     results = {name: Measurement(name) for name in names}
     for index in range(repeats):
         for name in names if index % 2 == 0 else reversed(names):
+            settle(name)
             sync()
             start = time.perf_counter()
             candidates[name]()
