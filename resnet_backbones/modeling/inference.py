@@ -12,6 +12,12 @@ reaches inductor after that, and silently compiles without freezing. :class:`Inf
 therefore sets it around every call, so that a recompilation (a new input size) is frozen as
 well, without changing the setting for anything else in the process.
 
+On CPU the graph's wrapper, the code that calls each kernel and oneDNN convolution in turn and
+allocates the buffers between them, is generated in C++ (inductor's ``cpp_wrapper``) instead of
+Python: at 224x224, batch 1, the Python wrapper took about 2 ms of a compiled R-50's 44
+(``torch.profiler``), and the C++ one made it 4% faster on one thread (44.1 to 42.2 ms) and 6% on
+two (26.6 to 24.9 ms), for about 10% more compile time. ``cpp_wrapper=False`` keeps Python's.
+
 Frozen weights are constants of the compiled code (the packed convolution weights are copies,
 other constants may share the module's storage): changing the model's weights after compiling
 is not supported; load the weights first, or compile again.
@@ -118,7 +124,8 @@ class InferenceCompiled(nn.Module):
 
     def __init__(self, model: nn.Module, *, fullgraph: bool = True, dynamic: Optional[bool] = False,
                  mode: Optional[str] = None, dtype: Optional[torch.dtype] = None,
-                 program: Optional[nn.Module] = None, precision: Optional[str] = None, keep_memory: bool = True):
+                 program: Optional[nn.Module] = None, precision: Optional[str] = None, keep_memory: bool = True,
+                 cpp_wrapper: Optional[bool] = None):
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype={dtype}: one of None (the model's own), torch.float32 or torch.bfloat16")
@@ -133,6 +140,8 @@ class InferenceCompiled(nn.Module):
         self.autocast_dtype = dtype if dtype == torch.bfloat16 else None
         if keep_memory and self.device.type == "cpu":
             keep_freed_memory()
+        #: whether inductor writes the graph's calls in C++ instead of Python (see the module doc)
+        self.cpp_wrapper = self.device.type == "cpu" if cpp_wrapper is None else cpp_wrapper
         #: "float32", "bfloat16" or, for a program of quantize_for_inference, "int8"
         self.precision = precision or ("bfloat16" if self.autocast_dtype else "float32")
         # Not a submodule: the compiled module would list the same parameters a second time.
@@ -141,7 +150,7 @@ class InferenceCompiled(nn.Module):
                                                             fullgraph=fullgraph, dynamic=dynamic, mode=mode))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True, cpp_wrapper=self.cpp_wrapper):
             if self.autocast_dtype is None:
                 return self._compiled(*args, **kwargs)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
@@ -166,7 +175,7 @@ class InferenceCompiled(nn.Module):
 
 def compile_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = None, fullgraph: bool = True,
                           dynamic: Optional[bool] = False, mode: Optional[str] = None,
-                          keep_memory: bool = True) -> InferenceCompiled:
+                          keep_memory: bool = True, cpp_wrapper: Optional[bool] = None) -> InferenceCompiled:
     """``model`` (switched to eval mode, its parameters to ``requires_grad=False``) compiled by
     inductor with frozen weights, as an :class:`InferenceCompiled` module.
 
@@ -181,6 +190,8 @@ def compile_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = No
             default, then runs eagerly).
         mode: ``torch.compile``'s mode (e.g. ``"max-autotune"``).
         keep_memory: on CPU, call :func:`keep_freed_memory` (see the module doc).
+        cpp_wrapper: inductor's C++ wrapper around the compiled kernels (``None``: on CPU, where it
+            saves the Python wrapper's per-call overhead; see the module doc).
     """
     return InferenceCompiled(model, fullgraph=fullgraph, dynamic=dynamic, mode=mode, dtype=dtype,
-                             keep_memory=keep_memory)
+                             keep_memory=keep_memory, cpp_wrapper=cpp_wrapper)
