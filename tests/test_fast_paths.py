@@ -23,6 +23,7 @@ import pytest
 import torch
 from detectron2.modeling import build_backbone, build_model
 from torch import nn
+from torch._inductor.utils import run_and_get_code
 
 from resnet_backbones.benchmark import main as benchmark_main
 from resnet_backbones.benchmark.models import backbone_cfg, mask_rcnn_cfg, max_abs_diff
@@ -268,6 +269,25 @@ def test_compile_for_inference_freezes_the_weights_and_equals_eager():
     assert max_abs_diff(compiled(x), changed) > 1e-2, "frozen: the convolution weights are constants of the compiled code"
     with pytest.raises(RuntimeError, match="inference only"):
         model.train()
+    torch._dynamo.reset()
+
+
+@needs_key
+@pytest.mark.parametrize("cpp_wrapper", [None, False])
+def test_compile_for_inference_wraps_the_kernels_in_cpp_on_cpu_unless_told(cpp_wrapper):
+    """The default on CPU is inductor's C++ wrapper (the kernels called from generated C++, not
+    Python); ``cpp_wrapper=False`` keeps Python's; both equal eager."""
+    model, _ = build(18, "plain")
+    x = image(64, 64, batch=1)
+    with torch.no_grad():
+        expected = model(x)
+    torch._dynamo.reset()
+    compiled = compile_for_inference(fold_norms(model), cpp_wrapper=cpp_wrapper)
+    assert compiled.cpp_wrapper is (cpp_wrapper is None)
+    actual, code = run_and_get_code(compiled, x)
+    outputs_close(actual, expected)
+    # the Python wrapper defines call(args) in Python; the C++ one loads a compiled module
+    assert any("def call(" in c for c in code) is (cpp_wrapper is False)
     torch._dynamo.reset()
 
 
